@@ -1,0 +1,1 @@
+"""The ``trace-ptune`` command line: thin click groups, one file per group."""
