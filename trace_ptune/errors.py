@@ -61,3 +61,7 @@ class CollectorError(TracePtuneError):
 
 class QueryError(TracePtuneError):
     """A query was refused (not read-only, bad syntax) or its data source is unreachable."""
+
+
+class EvalError(TracePtuneError):
+    """An evaluation failed: a scorer raised or returned a bad value, or results do not line up."""
