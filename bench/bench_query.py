@@ -39,7 +39,8 @@ def build_database(path: Path, spans: int = 10_000_000, evaluations: int = 1_000
 
     if path.exists():
         path.unlink()
-    con = duckdb.connect(str(path), config={"enable_progress_bar": False})
+    con = duckdb.connect(str(path))
+    con.execute("SET enable_progress_bar = false")
     for _, statements in MIGRATIONS:
         for ddl in statements:
             con.execute(ddl)
@@ -64,7 +65,7 @@ def build_database(path: Path, spans: int = 10_000_000, evaluations: int = 1_000
               FROM range({requests}))
         """
     )
-    common = f"""
+    common = """
         lpad(to_hex(r), 32, '0') AS TraceId,
         'tenant-' || (s % 30) AS tenant, 'dep-' || (s // 30) AS deployment,
         'sha256:' || sha256('adapter-' || s || '-' || v) AS adapter_hash,
@@ -136,7 +137,11 @@ def _time(fn, repeat: int) -> list[float]:
 
 def _cold_start(repeat: int) -> list[float]:
     exe = Path(sys.executable).with_name("trace-ptune")
-    cmd = [str(exe), "query", "--help"] if exe.exists() else [sys.executable, "-m", "trace_ptune.cli.main", "query", "--help"]
+    cmd = (
+        [str(exe), "query", "--help"]
+        if exe.exists()
+        else [sys.executable, "-m", "trace_ptune.cli.main", "query", "--help"]
+    )
     out = []
     for _ in range(repeat):
         start = time.perf_counter()
@@ -176,8 +181,13 @@ def main() -> None:
     if collector is not None:
         result["collector_regressions_s"] = collector
     cold = _cold_start(args.repeat)
-    result["query_help_cold_start_s"] = {"median": round(statistics.median(cold), 3), "min": round(min(cold), 3)}
-    result["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    result["query_help_cold_start_s"] = {
+        "median": round(statistics.median(cold), 3),
+        "min": round(min(cold), 3),
+    }
+    result["machine"] = (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    )
     print(json.dumps(result, indent=2))
 
 
@@ -191,7 +201,7 @@ def _collector_timing(db: Path, repeat: int) -> dict | str | None:
     from trace_ptune.query.source import open_source
 
     try:
-        with running_collector(db) as url, open_source(collector=url) as src:
+        with running_collector(db) as collector, open_source(collector=collector.urls["http"]) as src:
             regressions(src)
             times = _time(lambda: regressions(src), repeat)
     except Exception as exc:

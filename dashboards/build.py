@@ -116,7 +116,7 @@ def adapter_overview() -> dict[str, Any]:
         [
             panel(
                 "Adapters",
-                f"""
+                """
 SELECT a.adapter_name AS name, a.adapter_version AS version, left(a.adapter_hash, 19) AS hash,
        left(coalesce(a.parent_hash, ''), 19) AS parent, a.method, a.base_model_name AS base_model,
        a.first_seen, a.last_seen,

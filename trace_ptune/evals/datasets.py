@@ -105,7 +105,9 @@ def dataset_hash(rows: Iterable[Mapping[str, Any]]) -> str:
 def example_from_row(row: Mapping[str, Any], *, default_id: str, where: str) -> Example:
     """Validate one parsed row; ``where`` names it in errors (``file.jsonl:12``)."""
     if not isinstance(row, Mapping):
-        raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}; write one object per line.")
+        raise DataError(
+            f"{where}: expected a JSON object, got {type(row).__name__}; write one object per line."
+        )
     if "input" not in row:
         raise DataError(f"{where}: the row has no 'input' field; every example needs one.")
     inp = row["input"]
@@ -168,7 +170,9 @@ def load_golden(path: str | Path) -> GoldenDataset:
         try:
             row = json.loads(stripped)
         except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno}); fix that line.") from None
+            raise DataError(
+                f"{where}: invalid JSON ({exc.msg} at column {exc.colno}); fix that line."
+            ) from None
         examples.append(example_from_row(row, default_id=str(len(examples) + 1), where=where))
     return _finish(examples, path, str(path))
 

@@ -18,9 +18,11 @@ identity, so repeat loads do not re-hash the weights.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -187,8 +189,9 @@ def _load_dir(directory: Path, *, name: str, source: str, dtype: torch.dtype, de
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(directory)
+        with _quiet_loading():
+            model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
+            tokenizer = AutoTokenizer.from_pretrained(directory)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(
             f"Could not load a causal language model from {str(directory)!r} ({_first_line(exc)}); "
@@ -199,20 +202,63 @@ def _load_dir(directory: Path, *, name: str, source: str, dtype: torch.dtype, de
     return BaseModel(model=model, tokenizer=tokenizer, name=name, fingerprint=fingerprint, source=source)
 
 
-def _load_hub(hub_id: str, *, dtype: torch.dtype, device: str) -> BaseModel:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+_HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "tokenizer*"]
 
+
+def _load_hub(hub_id: str, *, dtype: torch.dtype, device: str) -> BaseModel:
+    """Load from the local Hugging Face cache, else download (safetensors only, never pickles)."""
+    from huggingface_hub import snapshot_download
+
+    hint = f"pass a local model directory, a .gguf file or a preset ({', '.join(PRESETS)})"
     try:
-        model = AutoModelForCausalLM.from_pretrained(hub_id, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(hub_id)
-    except Exception as exc:  # network errors surface as many types (OSError, HTTP, timeouts)
-        raise ModelLoadError(
-            f"Could not load {hub_id!r} from the Hugging Face Hub (unreachable, or no such model); "
-            f"pass a local model directory, a .gguf file or a preset ({', '.join(PRESETS)})."
-        ) from exc
-    model = _prepare(model, tokenizer, device)
-    fingerprint = model_fingerprint(model, tokenizer)
-    return BaseModel(model=model, tokenizer=tokenizer, name=hub_id, fingerprint=fingerprint, source=hub_id)
+        local = snapshot_download(hub_id, allow_patterns=_HUB_FILES, local_files_only=True)
+    except Exception:
+        if _hub_endpoint() is None:
+            raise ModelLoadError(
+                f"Could not load {hub_id!r}: the Hugging Face Hub is unreachable from here and the model "
+                f"is not in the local cache; {hint}."
+            ) from None
+        try:
+            local = snapshot_download(hub_id, allow_patterns=_HUB_FILES)
+        except Exception as exc:  # network and hub errors surface as many types
+            raise ModelLoadError(
+                f"Could not download {hub_id!r} from the Hugging Face Hub ({_first_line(exc)}); {hint}."
+            ) from None
+    return _load_dir(Path(local), name=hub_id, source=hub_id, dtype=dtype, device=device)
+
+
+def _hub_endpoint(timeout: float = 3.0) -> str | None:
+    """The hub endpoint when a TCP connection to it opens within ``timeout`` (else ``None``).
+
+    Checked first because the hub client retries an unreachable host for most of a minute.
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return None
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    parts = urlsplit(endpoint)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "", port), timeout=timeout):
+            return endpoint
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """No per-tensor progress bar for local loads (they take well under a second)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _prepare(model: Any, tokenizer: Any, device: str) -> Any:

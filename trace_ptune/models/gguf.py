@@ -1,9 +1,9 @@
 """GGUF files and the ``smollm2-135m`` preset: convert once to a cached safetensors copy.
 
 transformers reads GGUF (dequantizing to the requested dtype) but refuses ``save_pretrained`` on
-the result, and reading the GGUF takes ~11 s. We rebuild the model from its config (minus the
-``quantization_config`` GGUF loading adds), load the dequantized state dict, and save it with
-the tokenizer into the model cache; later loads read that copy in well under a second.
+the result, and reading the GGUF takes seconds. We save the dequantized tensors with
+safetensors, the config (minus the ``quantization_config`` GGUF loading adds) and the tokenizer
+into the model cache; later loads read that copy in well under a second.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ def converted_dir(gguf_path: Path, models_dir: Path) -> Path:
 def convert(gguf_path: Path, target: Path) -> None:
     """Dequantize ``gguf_path`` to float32 and save model + tokenizer into ``target``."""
     import torch
+    from safetensors.torch import save_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, name = str(gguf_path.parent), gguf_path.name
@@ -63,21 +64,14 @@ def convert(gguf_path: Path, target: Path) -> None:
     config = loaded.config
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")
-    with torch.random.fork_rng():  # from_config initialises weights: keep the caller's RNG state
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
-    if unexpected or [k for k in missing if k not in _tied_keys(model)]:
-        raise ModelLoadError(
-            f"The GGUF file {str(gguf_path)!r} does not match its own architecture "
-            f"(missing {len(missing)}, unexpected {len(unexpected)} weights); it cannot be converted."
-        )
-    model.save_pretrained(target)
+    # save_pretrained refuses a GGUF-loaded model; the dequantized tensors are all we need.
+    # save_model drops the tied lm_head duplicate, which from_pretrained re-ties.
+    save_model(loaded, str(target / "model.safetensors"), metadata={"format": "pt"})
+    config.save_pretrained(target)
+    if loaded.generation_config is not None:
+        loaded.generation_config.save_pretrained(target)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     tokenizer.save_pretrained(target)
 
-
-def _tied_keys(model: object) -> set[str]:
-    tied = getattr(model, "_tied_weights_keys", None) or {}
-    return set(tied) if isinstance(tied, dict | list | tuple | set) else set()

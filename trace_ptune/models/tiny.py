@@ -44,7 +44,11 @@ _WORDS = (
 
 def _bytes_to_unicode() -> dict[int, str]:
     """The reversible byte -> printable character table of byte-level BPE."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     table: dict[int, str] = {}
     extra = 0
     for b in range(256):

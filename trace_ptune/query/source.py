@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from trace_ptune import paths, semconv
-from trace_ptune.errors import QueryError
+from trace_ptune.errors import QueryError, TracePtuneError
 
 Rows = list[tuple[Any, ...]]
 
@@ -72,7 +72,7 @@ class FileSource(Source):
             self._con = duckdb.connect(
                 str(self.path),
                 read_only=True,
-                config={"enable_progress_bar": False, "enable_external_access": False},
+                config={"enable_external_access": False},
             )
         except duckdb.IOException as exc:
             if "lock" in str(exc).lower():
@@ -83,6 +83,7 @@ class FileSource(Source):
             raise QueryError(f"Cannot open the database {self.path}: {_first_line(exc)}.") from None
         except duckdb.Error as exc:
             raise QueryError(f"Cannot open the database {self.path}: {_first_line(exc)}.") from None
+        self._con.execute("SET enable_progress_bar = false")
         self._con.execute("SET lock_configuration = true")
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[str], Rows]:
@@ -122,7 +123,7 @@ class CollectorSource(Source):
         try:
             from trace_ptune.collector.client import CollectorClient
         except ImportError:  # the collector package is optional on a query-only host
-            CollectorClient = None  # noqa: N806
+            CollectorClient = None
         if CollectorClient is not None:
             try:
                 self._client = CollectorClient(self.url, token)
@@ -134,10 +135,12 @@ class CollectorSource(Source):
         if self._client is not None:
             try:
                 columns, rows = self._client.query(sql, params)
-            except QueryError:
+            except TracePtuneError:
                 raise
             except Exception as exc:
-                raise QueryError(f"The collector at {self.url} failed the query: {_first_line(exc)}.") from None
+                raise QueryError(
+                    f"The collector at {self.url} failed the query: {_first_line(exc)}."
+                ) from None
             return list(columns), [tuple(r) for r in rows]
         return self._post(sql, params)
 
@@ -160,7 +163,9 @@ class CollectorSource(Source):
                     f"The collector at {self.url} refused the token (HTTP {exc.code}); "
                     "pass --token or set TRACE_PTUNE_TOKEN."
                 ) from None
-            raise QueryError(f"The collector at {self.url} refused the query (HTTP {exc.code}): {detail}") from None
+            raise QueryError(
+                f"The collector at {self.url} refused the query (HTTP {exc.code}): {detail}"
+            ) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise QueryError(

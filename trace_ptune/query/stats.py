@@ -51,9 +51,7 @@ def betainc(a: float, b: float, x: float) -> float:
         return 0.0
     if x >= 1.0:
         return 1.0
-    log_front = (
-        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    )
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
     front = math.exp(log_front)
     # The continued fraction converges fast for x < (a + 1) / (a + b + 2); use symmetry otherwise.
     if x < (a + 1.0) / (a + b + 2.0):
@@ -111,12 +109,20 @@ class Difference:
 
 
 def welch(
-    n1: int, mean1: float, var1: float, n2: int, mean2: float, var2: float, *, alpha: float = 0.01
+    n1: int,
+    mean1: float,
+    var1: float,
+    n2: int,
+    mean2: float,
+    var2: float,
+    *,
+    alpha: float = 0.01,
+    interval: bool = True,
 ) -> Difference:
     """Welch's unequal-variance t-test of mean2 - mean1 from summary statistics.
 
     ``var1``/``var2`` are sample variances (ddof=1). The interval is the two-sided 1 - alpha
-    confidence interval of the difference.
+    confidence interval of the difference (NaN when ``interval`` is false: it costs a quantile).
     """
     if n1 < 2 or n2 < 2:
         raise ValueError("Welch's test needs at least two observations on each side")
@@ -130,7 +136,7 @@ def welch(
     se = math.sqrt(se2)
     df = se2 * se2 / ((a * a / (n1 - 1) if a else 0.0) + (b * b / (n2 - 1) if b else 0.0))
     stat = delta / se
-    half = t_ppf(1.0 - alpha / 2.0, df) * se
+    half = t_ppf(1.0 - alpha / 2.0, df) * se if interval else math.nan
     return Difference(delta, delta - half, delta + half, t_two_sided_p(stat, df), stat, df)
 
 

@@ -19,6 +19,7 @@ FINISH_LENGTH = "length"
 FINISH_ERROR = "error"
 
 ChatMessages = list[dict[str, Any]]
+TokenIds = list[int]
 
 
 @dataclass(frozen=True)
@@ -39,15 +40,16 @@ Scorer = Callable[["GenerationRequest", "GenerationResult"], "Score | Iterable[S
 class GenerationRequest:
     """One sequence to generate.
 
-    ``prompt`` is plain text (a ``text_completion``) or a list of chat messages
-    (``[{"role": "user", "content": "..."}]``, a ``chat``: the tokenizer's chat template is applied).
+    ``prompt`` is plain text (a ``text_completion``), a list of chat messages
+    (``[{"role": "user", "content": "..."}]``, a ``chat``: the tokenizer's chat template is applied),
+    or a list of token ids (a ``text_completion`` of exactly those tokens).
     ``adapter`` is anything the engine's registry resolves: a registered name, ``name@version``,
     a hash or ≥12-hex prefix, or a deployment in the adapter store; ``None`` with a
     ``deployment`` the store knows routes through that deployment; ``None`` otherwise is the
     base model alone. ``temperature == 0`` is greedy decoding.
     """
 
-    prompt: str | ChatMessages
+    prompt: str | ChatMessages | TokenIds
     adapter: str | None = None
     tenant: str | None = None
     deployment: str | None = None
@@ -63,7 +65,11 @@ class GenerationRequest:
 
     @property
     def is_chat(self) -> bool:
-        return not isinstance(self.prompt, str)
+        return isinstance(self.prompt, list) and bool(self.prompt) and isinstance(self.prompt[0], dict)
+
+    @property
+    def is_token_ids(self) -> bool:
+        return isinstance(self.prompt, list) and bool(self.prompt) and not isinstance(self.prompt[0], dict)
 
     @property
     def operation(self) -> str:
@@ -73,7 +79,10 @@ class GenerationRequest:
         """Raise :class:`GenerationError` naming the first bad field."""
         if isinstance(self.prompt, str):
             pass
-        elif isinstance(self.prompt, list) and self.prompt:
+        elif self.is_token_ids:
+            if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in self.prompt):
+                raise GenerationError("a token-id prompt must be a list of non-negative integers.")
+        elif self.is_chat:
             for message in self.prompt:
                 if not isinstance(message, dict) or "role" not in message or "content" not in message:
                     raise GenerationError(
@@ -81,7 +90,7 @@ class GenerationRequest:
                     )
         else:
             raise GenerationError(
-                f"prompt {self.prompt!r} is neither text nor a non-empty list of chat messages."
+                f"prompt {self.prompt!r} is not text, chat messages or token ids; send one of those."
             )
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int):
             raise GenerationError(f"max_new_tokens={self.max_new_tokens!r} must be an integer >= 1.")
@@ -134,6 +143,7 @@ class GenerationResult:
     span_id: str | None = None
     time_to_first_token: float | None = None
     error: str | None = None
+    error_type: str | None = None  # the error's class name, e.g. "AdapterNotFoundError"
     scores: list[Score] = field(default_factory=list)
 
     @property
@@ -160,6 +170,7 @@ class GenerationResult:
             "time_to_first_token": self.time_to_first_token,
             "token_ids": list(self.token_ids),
             "error": self.error,
+            "error_type": self.error_type,
             "scores": [
                 {"name": s.name, "value": s.value, "label": s.label, "explanation": s.explanation}
                 for s in self.scores

@@ -53,7 +53,9 @@ class TrainConfig:
     and ``model``/``data``/``name`` may be omitted.
     """
 
-    model: str | None = field(default=None, metadata={"help": "Base model: preset, local dir, .gguf or hub id."})
+    model: str | None = field(
+        default=None, metadata={"help": "Base model: preset, local dir, .gguf or hub id."}
+    )
     data: str | None = field(default=None, metadata={"help": "Training JSONL with `input` and `target`."})
     name: str | None = field(default=None, metadata={"help": "Adapter name in the store."})
     eval: str | None = field(default=None, metadata={"help": "Evaluation JSONL (same format)."})
@@ -75,10 +77,14 @@ class TrainConfig:
     encoder: str = field(default="mlp", metadata={"help": "P-tuning prompt encoder: mlp | lstm."})
     encoder_hidden_size: int | None = None
     chat_template: bool = False
-    eval_every: int | None = field(default=None, metadata={"help": "Steps between evals (default: per epoch)."})
+    eval_every: int | None = field(
+        default=None, metadata={"help": "Steps between evals (default: per epoch)."}
+    )
     eval_max_new_tokens: int = 16
     best_metric: str = "loss"
-    patience: int | None = field(default=None, metadata={"help": "Evals without improvement before stopping."})
+    patience: int | None = field(
+        default=None, metadata={"help": "Evals without improvement before stopping."}
+    )
     leakage: str = field(default="refuse", metadata={"help": "Train/eval overlap: refuse | drop | ignore."})
     checkpoint_every: int | None = None
     keep_checkpoints: int = 2
@@ -131,11 +137,15 @@ class TrainConfig:
         if not (self.init in INIT_KINDS or self.init.startswith("text:")):
             raise ConfigError(f'init {self.init!r} is unknown; use random, vocab, labels or text:"...".')
         if self.init.startswith("text:") and not self.init[5:].strip():
-            raise ConfigError('init "text:" needs some text after the colon, e.g. text:"Classify the review".')
+            raise ConfigError(
+                'init "text:" needs some text after the colon, e.g. text:"Classify the review".'
+            )
         if self.dtype is not None and self.dtype not in ("float32", "float64", "bfloat16", "float16"):
             raise ConfigError(f"dtype {self.dtype!r} is unknown; use float32, float64, bfloat16 or float16.")
         if self.method == semconv.METHOD_PREFIX_TUNING and self.init == "labels":
-            raise ConfigError("init 'labels' applies to prompt_tuning and p_tuning; use vocab or text for prefix_tuning.")
+            raise ConfigError(
+                "init 'labels' applies to prompt_tuning and p_tuning; use vocab or text for prefix_tuning."
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict of every field."""

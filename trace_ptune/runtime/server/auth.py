@@ -66,7 +66,9 @@ class ApiKeys:
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
-            raise ConfigError(f"Cannot read the API key file {str(path)!r} ({exc.strerror}); check --api-keys.") from None
+            raise ConfigError(
+                f"Cannot read the API key file {str(path)!r} ({exc.strerror}); check --api-keys."
+            ) from None
         return cls(parse_api_keys(text, source=str(path)))
 
 
@@ -94,8 +96,8 @@ def parse_api_keys(text: str, *, source: str = "<keys>") -> dict[str, str]:
             pairs = [(d.get("key"), d.get("tenant")) for d in data]
         else:
             raise ConfigError(
-                f"The API key file {source!r} must map keys to tenants: {{\"KEY\": \"TENANT\"}} "
-                "or [{\"key\": ..., \"tenant\": ...}]."
+                f'The API key file {source!r} must map keys to tenants: {{"KEY": "TENANT"}} '
+                'or [{"key": ..., "tenant": ...}].'
             )
         out: dict[str, str] = {}
         for i, (key, tenant) in enumerate(pairs):

@@ -111,7 +111,9 @@ def _int_field(body: dict[str, Any], name: str, default: int | None, lo: int, hi
     return value
 
 
-def _float_field(body: dict[str, Any], name: str, default: float, lo: float, hi: float, lo_open: bool) -> float:
+def _float_field(
+    body: dict[str, Any], name: str, default: float, lo: float, hi: float, lo_open: bool
+) -> float:
     value = body.get(name)
     if value is None:
         return default
@@ -127,11 +129,7 @@ def _stop_field(body: dict[str, Any]) -> tuple[str, ...]:
         return ()
     if isinstance(stop, str):
         stop = [stop]
-    if (
-        not isinstance(stop, list)
-        or len(stop) > MAX_STOP
-        or not all(isinstance(s, str) and s for s in stop)
-    ):
+    if not isinstance(stop, list) or len(stop) > MAX_STOP or not all(isinstance(s, str) and s for s in stop):
         raise bad_request(
             f"'stop' must be a non-empty string or a list of up to {MAX_STOP} non-empty strings, got {stop!r}.",
             "stop",
@@ -168,7 +166,9 @@ def _completion_prompts(body: dict[str, Any]) -> list[str]:
         return list(prompt)
     if isinstance(prompt, list) and prompt and all(_is_int(t) for t in prompt):
         raise bad_request("Token-id prompts are not supported; send the prompt as text.", "prompt")
-    raise bad_request(f"'prompt' must be a string or a non-empty list of strings, got {prompt!r:.80}.", "prompt")
+    raise bad_request(
+        f"'prompt' must be a string or a non-empty list of strings, got {prompt!r:.80}.", "prompt"
+    )
 
 
 def _message_content(content: Any, index: int) -> str:
@@ -178,8 +178,12 @@ def _message_content(content: Any, index: int) -> str:
     if isinstance(content, list):
         parts = []
         for part in content:
-            if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
-                raise bad_request(f"'{param}' may only hold text parts ({{'type': 'text', 'text': ...}}).", param)
+            if not (
+                isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
+            ):
+                raise bad_request(
+                    f"'{param}' may only hold text parts ({{'type': 'text', 'text': ...}}).", param
+                )
             parts.append(part["text"])
         return "".join(parts)
     raise bad_request(f"'{param}' must be a string or a list of text parts, got {content!r:.80}.", param)
@@ -192,7 +196,9 @@ def _chat_messages(body: dict[str, Any]) -> list[dict[str, str]]:
     out = []
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
-            raise bad_request(f"'messages[{i}]' must be an object with 'role' and 'content'.", f"messages[{i}]")
+            raise bad_request(
+                f"'messages[{i}]' must be an object with 'role' and 'content'.", f"messages[{i}]"
+            )
         role = message.get("role")
         if role not in CHAT_ROLES:
             raise bad_request(
@@ -207,7 +213,9 @@ def parse_request(body: dict[str, Any], kind: Kind) -> ParsedRequest:
     """Validate an OpenAI completions (``kind='completion'``) or chat completions body."""
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
-        raise bad_request("'model' is required: a deployment, adapter name, adapter hash or base model.", "model")
+        raise bad_request(
+            "'model' is required: a deployment, adapter name, adapter hash or base model.", "model"
+        )
     _refuse_unsupported(body, kind)
     prompts: list[Any] = _completion_prompts(body) if kind == "completion" else [_chat_messages(body)]
     max_name = "max_completion_tokens" if kind == "chat" and body.get("max_tokens") is None else "max_tokens"
@@ -315,9 +323,14 @@ def chunk_body(
         delta: dict[str, Any] = {}
         if first:
             delta["role"] = "assistant"
-        if text:
+        if text is not None:
             delta["content"] = text
-        choice: dict[str, Any] = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        choice: dict[str, Any] = {
+            "index": index,
+            "delta": delta,
+            "logprobs": None,
+            "finish_reason": finish_reason,
+        }
         obj = "chat.completion.chunk"
     else:
         choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish_reason}

@@ -1,0 +1,193 @@
+"""Durability, back-pressure, shutdown and the ``trace-ptune collector`` commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+from click.testing import CliRunner
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+
+from tests.collector.conftest import post, start_subprocess
+from tests.collector.otlp_data import generation_attrs, span_request
+from trace_ptune.cli.main import cli
+from trace_ptune.collector import Collector, CollectorConfig
+from trace_ptune.collector.client import CollectorClient
+from trace_ptune.errors import CollectorError
+
+PB = {"Content-Type": "application/x-protobuf"}
+
+
+def test_kill_9_during_ingestion_loses_no_acknowledged_span(tmp_path):
+    db = tmp_path / "k.duckdb"
+    proc, info = start_subprocess(db)
+    url = info["urls"]["http"] + "/v1/traces"
+    acked: list[str] = []
+    stop = threading.Event()
+
+    def send() -> None:
+        while not stop.is_set():
+            ids = [os.urandom(8) for _ in range(50)]
+            req = span_request([{"span_id": i, "attrs": generation_attrs()} for i in ids])
+            try:
+                status, _, _ = post(url, req.SerializeToString(), PB)
+            except OSError:
+                return
+            if status == 200:
+                acked.extend(i.hex() for i in ids)
+
+    threads = [threading.Thread(target=send) for _ in range(3)]
+    for t in threads:
+        t.start()
+    while len(acked) < 1000:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    con = duckdb.connect(str(db), read_only=True)
+    stored = {r[0] for r in con.execute("SELECT SpanId FROM spans").fetchall()}
+    con.close()
+    assert len(acked) >= 1000
+    assert set(acked) <= stored
+
+
+def test_overload_answers_429_and_retrying_exporters_lose_nothing(make_collector):
+    c = make_collector(max_queue_rows=120)
+    store = c.store
+    # Stall the writer so the queue fills up.
+    stall = threading.Thread(target=store.run_task, args=(lambda con: time.sleep(1.5),))
+    stall.start()
+    time.sleep(0.1)
+    results: list[SpanExportResult] = []
+
+    def export(n: int) -> None:
+        tp = TracerProvider()
+        exporter = OTLPSpanExporter(endpoint=c.urls["http"] + "/v1/traces", timeout=30)
+        tracer = tp.get_tracer("load")
+        spans = []
+        for i in range(n):
+            with tracer.start_as_current_span(f"s{i}") as s:
+                spans.append(s)
+        results.append(exporter.export(spans))
+
+    threads = [threading.Thread(target=export, args=(100,)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    stall.join()
+    assert results == [SpanExportResult.SUCCESS] * 4
+    assert store.stats.refused_full > 0  # the queue really was full
+    assert CollectorClient(c.urls["http"]).query("SELECT count(*) FROM spans")[1] == [[400]]
+
+
+def test_sigterm_drains_checkpoints_and_exits_zero(tmp_path):
+    db = tmp_path / "t.duckdb"
+    proc, info = start_subprocess(db)
+    req = span_request([{} for _ in range(20)])
+    assert post(info["urls"]["http"] + "/v1/traces", req.SerializeToString(), PB)[0] == 200
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    assert not db.with_name(db.name + ".collector.json").exists()
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT count(*) FROM spans").fetchone() == (20,)
+    con.close()
+
+
+def test_locked_database_and_busy_port_give_one_sentence_errors(tmp_path):
+    db = tmp_path / "l.duckdb"
+    proc, info = start_subprocess(db)
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "trace_ptune.cli.main", "collector", "run", "--db", str(db), "--http", "127.0.0.1:0", "--grpc", "off"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert out.returncode == 1
+        assert "locked by another process" in out.stderr and "Traceback" not in out.stderr
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(CollectorError, match="port is in use"):
+            Collector(CollectorConfig(db=tmp_path / "p.duckdb", http=f"127.0.0.1:{port}", grpc=None)).start()
+    # the failed start released the file
+    Collector(CollectorConfig(db=tmp_path / "p.duckdb", http="127.0.0.1:0", grpc=None)).start().stop()
+
+
+def test_cli_export_compact_status_and_retention(tmp_path, make_collector):
+    db = tmp_path / "c.duckdb"
+    c = make_collector(db=db)
+    req = span_request([{"attrs": generation_attrs()} for _ in range(30)])
+    post(c.urls["http"] + "/v1/traces", req.SerializeToString(), PB)
+    runner = CliRunner()
+    # through the running collector (found via the side file)
+    res = runner.invoke(cli, ["collector", "status", "--db", str(db), "--json"])
+    assert res.exit_code == 0, res.output
+    status = json.loads(res.stdout)[0]
+    assert status["running"] is True and status["spans"] == 30 and status["adapters"] == 1
+    out = tmp_path / "export"
+    res = runner.invoke(cli, ["collector", "export", "--parquet", str(out), "--db", str(db), "--json"])
+    assert res.exit_code == 0, res.output
+    assert {r["table"]: r["rows"] for r in json.loads(res.stdout)}["spans"] == 30
+    days = list((out / "spans").glob("day=*/*.parquet"))
+    assert days
+    assert duckdb.connect().execute(f"SELECT count(*) FROM read_parquet('{out}/spans/*/*.parquet')").fetchone() == (30,)
+    res = runner.invoke(cli, ["collector", "compact", "--db", str(db), "--json"])
+    assert res.exit_code == 0, res.output
+    # still ingesting and reading after the swap
+    post(c.urls["http"] + "/v1/traces", span_request([{}]).SerializeToString(), PB)
+    assert CollectorClient(c.urls["http"]).query("SELECT count(*) FROM spans")[1] == [[31]]
+    # retention deletes old rows
+    from trace_ptune.collector.store import delete_older_than
+
+    counts = c.store.run_task(lambda con: delete_older_than(con, -3600))
+    assert counts["spans"] == 31
+    c.stop()
+    # offline
+    res = runner.invoke(cli, ["collector", "compact", "--db", str(db), "--json"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(cli, ["collector", "status", "--db", str(db), "--json"])
+    assert json.loads(res.stdout)[0]["running"] is False and json.loads(res.stdout)[0]["spans"] == 0
+
+
+def test_migrations_are_recorded_and_reopening_is_idempotent(tmp_path):
+    db = tmp_path / "m.duckdb"
+    for _ in range(2):
+        c = Collector(CollectorConfig(db=db, http="127.0.0.1:0", grpc=None)).start()
+        c.stop()
+    con = duckdb.connect(str(db), read_only=True)
+    from trace_ptune.collector.schema import LATEST_VERSION
+
+    assert con.execute("SELECT max(version), count(*) FROM schema_migrations").fetchone() == (LATEST_VERSION, LATEST_VERSION)
+    con.close()
+
+
+def test_collector_import_never_loads_torch():
+    code = "import sys, trace_ptune.collector.server, trace_ptune.cli.collector; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False False", out.stderr
+
+
+def test_side_file_names_the_urls(tmp_path):
+    db = tmp_path / "s.duckdb"
+    c = Collector(CollectorConfig(db=db, http="127.0.0.1:0", grpc="127.0.0.1:0")).start()
+    info = json.loads(Path(str(db) + ".collector.json").read_text())
+    assert info["pid"] == os.getpid() and info["urls"] == c.urls
+    c.stop()
+    assert not Path(str(db) + ".collector.json").exists()

@@ -1,0 +1,151 @@
+"""Read-only SQL over the HTTP query API and the Postgres wire protocol."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import psycopg
+import pytest
+
+from tests.collector.conftest import pg_port, post
+from tests.collector.otlp_data import ADAPTER, generation_attrs, span_request
+from trace_ptune import semconv
+from trace_ptune.collector.sql_guard import check_read_only
+from trace_ptune.errors import QueryError
+
+REFUSED = [
+    "DELETE FROM spans",
+    "INSERT INTO adapters (adapter_hash) VALUES ('x')",
+    "DROP TABLE spans",
+    "CREATE TABLE t AS SELECT 1",
+    "UPDATE spans SET tenant = 'x'",
+    "COPY spans TO '/tmp/out.csv'",
+    "ATTACH '/tmp/other.duckdb' AS o",
+    "INSTALL httpfs",
+    "LOAD httpfs",
+    "SET threads = 1",
+    "PRAGMA database_list",
+    "SELECT * FROM read_csv('/etc/passwd')",
+    "SELECT * FROM '/etc/passwd'",
+    "SELECT read_text('/etc/hostname')",
+    "SELECT * FROM glob('/*')",
+    "SELECT * FROM query('DELETE FROM spans')",
+    "SELECT 1; DELETE FROM spans",
+    "WITH x AS (SELECT 1) SELECT * FROM read_parquet('x.parquet')",
+]
+
+
+@pytest.fixture
+def loaded(collector):
+    req = span_request(
+        [
+            {"attrs": generation_attrs(), "events": [(semconv.EVENT_EVALUATION_RESULT,
+              {semconv.GEN_AI_EVALUATION_NAME: "em", semconv.GEN_AI_EVALUATION_SCORE_VALUE: s})]}
+            for s in (0.0, 1.0, 1.0)
+        ]
+    )  # fmt: skip
+    assert post(collector.urls["http"] + "/v1/traces", req.SerializeToString(), {"Content-Type": "application/x-protobuf"})[0] == 200
+    return collector
+
+
+@pytest.mark.parametrize("sql", REFUSED)
+def test_guard_refuses_writes_and_file_access(sql):
+    with pytest.raises(QueryError):
+        check_read_only(sql)
+
+
+def test_query_api_returns_json_and_arrow_and_refuses_writes(loaded, client):
+    data = client.query_result(
+        "SELECT adapter_hash, avg(score_value) AS mean, count(*) AS n FROM evaluations WHERE name = ? GROUP BY 1",
+        ["em"],
+    )
+    assert data["columns"] == ["adapter_hash", "mean", "n"]
+    assert data["types"] == ["VARCHAR", "DOUBLE", "BIGINT"]
+    assert data["rows"] == [[ADAPTER, pytest.approx(2 / 3), 3]]
+    table = client.query_arrow("SELECT count(*) AS n FROM spans")
+    assert table.column("n").to_pylist() == [3]
+    for sql in REFUSED:
+        with pytest.raises(QueryError):
+            client.query(sql)
+    assert client.query("SELECT count(*) FROM spans")[1] == [[3]]
+
+
+def _dsn(c) -> str:
+    return f"host=127.0.0.1 port={pg_port(c)} user=grafana dbname=traces connect_timeout=10"
+
+
+def test_psycopg_simple_and_extended_protocols(loaded):
+    with psycopg.connect(_dsn(loaded), autocommit=True) as conn:
+        # simple protocol: no parameters
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+        assert conn.execute("SELECT version()").fetchone()[0].startswith("PostgreSQL 16.")
+        assert conn.execute("SHOW server_version").fetchone() == ("16.4",)
+        cur = conn.execute("SELECT spans.Timestamp, Duration, adapter_version, score_value, "
+                           "CAST(1.5 AS DECIMAL(10,2)) AS d, CAST(spans.Timestamp AS DATE) AS day, true AS ok, "
+                           "SpanAttributes, now() AS tz FROM spans JOIN evaluations USING (SpanId) LIMIT 1")  # fmt: skip
+        oids = [d.type_code for d in cur.description]
+        assert oids == [1114, 20, 23, 701, 1700, 1082, 16, 114, 1184]
+        row = cur.fetchone()
+        assert row[2] == 2 and row[6] is True and str(row[4]) == "1.50" and row[7][semconv.PTUNE_TENANT] == "acme"
+        # extended protocol: parameters (psycopg sends Parse/Bind/Describe/Execute/Sync)
+        rows = conn.execute(
+            "SELECT name, count(*) FROM evaluations WHERE score_value >= %s AND tenant = %s GROUP BY name",
+            [0.5, "acme"],
+        ).fetchall()
+        assert rows == [("em", 2)]
+        # prepared and binary results
+        for _ in range(3):
+            assert conn.execute("SELECT count(*) FROM spans WHERE adapter_version = %s", [2], prepare=True).fetchone() == (3,)
+        bcur = conn.cursor(binary=True)
+        bcur.execute("SELECT input_tokens, spans.Timestamp, score_value, CAST(2.25 AS DECIMAL(6,3)) FROM spans "
+                     "JOIN evaluations USING (SpanId) WHERE input_tokens = %s LIMIT 1", [12])  # fmt: skip
+        b = bcur.fetchone()
+        assert b[0] == 12 and b[1].year >= 2024 and str(b[3]) == "2.250"
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("DELETE FROM spans")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT * FROM read_csv(%s)", ["/etc/passwd"])
+        with pytest.raises(psycopg.errors.UndefinedTable):
+            conn.execute("SELECT * FROM nope")
+        assert conn.execute("SELECT 2").fetchone() == (2,)  # the session survives errors
+    # a transaction (psycopg's default) is answered harmlessly
+    with psycopg.connect(_dsn(loaded)) as conn:
+        conn.execute("SET statement_timeout = 1000")
+        assert conn.execute("SELECT count(*) FROM spans").fetchone() == (3,)
+        conn.commit()
+
+
+def test_grafana_macro_expanded_sql(loaded):
+    # What Grafana's PostgreSQL data source sends after expanding $__timeGroupAlias/$__timeFilter.
+    sql = (
+        'SELECT floor(extract(epoch from "Timestamp")/60)*60 AS "time", adapter_hash AS metric, avg(score_value) AS value '
+        "FROM evaluations WHERE \"Timestamp\" BETWEEN '2000-01-01T00:00:00Z' AND '2100-01-01T00:00:00Z' "
+        "GROUP BY 1, 2 ORDER BY 1"
+    )
+    with psycopg.connect(_dsn(loaded), autocommit=True) as conn:
+        rows = conn.execute(sql, prepare=False).fetchall()
+    assert len(rows) == 1 and rows[0][1] == ADAPTER and rows[0][2] == pytest.approx(2 / 3)
+
+
+def test_password_is_required_when_configured(make_collector):
+    c = make_collector(pg="127.0.0.1:0", pg_password="pw")
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(_dsn(c) + " password=wrong")
+    with psycopg.connect(_dsn(c) + " password=pw", autocommit=True) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+@pytest.mark.skipif(shutil.which("psql") is None, reason="psql (postgresql-client) is not installed")
+def test_psql_reads_while_refusing_writes(loaded):
+    env = {**os.environ, "PGCONNECT_TIMEOUT": "10"}
+    base = ["psql", "-h", "127.0.0.1", "-p", str(pg_port(loaded)), "-U", "grafana", "-d", "traces", "-X", "-A", "-t"]
+    out = subprocess.run([*base, "-c", "SELECT count(*) FROM spans"], capture_output=True, text=True, env=env, timeout=30)
+    assert out.returncode == 0 and out.stdout.strip() == "3", out.stderr
+    out = subprocess.run([*base, "-c", "DELETE FROM spans"], capture_output=True, text=True, env=env, timeout=30)
+    assert out.returncode != 0 and "read-only" in out.stderr
+    out = subprocess.run([*base, "-c", r"\d"], capture_output=True, text=True, env=env, timeout=30)
+    assert out.returncode in (0, 1)  # catalog queries answer or fail cleanly, never hang or crash
+    out = subprocess.run([*base, "-c", "SELECT 1"], capture_output=True, text=True, env=env, timeout=30)
+    assert out.stdout.strip() == "1"

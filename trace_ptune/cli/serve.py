@@ -1,0 +1,125 @@
+"""``trace-ptune serve``: an OpenAI-compatible HTTP API over the runtime engine.
+
+    trace-ptune serve --model smollm2-135m [--host 127.0.0.1] [--port 8000] [--api-keys FILE]
+                      [--max-batch-size 32] [--batch-wait-ms 5] [--scheduling iteration|request]
+
+See docs/serving.md for the endpoints, the ``model`` field, tenants and rollouts.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import click
+
+from trace_ptune.cli.output import handle_errors
+
+logger = logging.getLogger(__name__)
+
+
+@click.command()
+@click.option("--model", "-m", "model_spec", required=True, help="Base model: preset, directory, .gguf or hub id.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="Port (0: any free one).")
+@click.option(
+    "--api-keys",
+    "api_keys_file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="File mapping API keys to tenants (JSON or 'KEY TENANT' lines); turns tenancy checks on.",
+)
+@click.option("--max-batch-size", default=32, show_default=True, type=click.IntRange(1), help="Rows decoding together.")
+@click.option(
+    "--batch-wait-ms",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="How long a new batch waits for more requests.",
+)
+@click.option(
+    "--scheduling",
+    type=click.Choice(["iteration", "request"]),
+    default="iteration",
+    show_default=True,
+    help="iteration: new requests join the running batch at the next decode step; request: batches run to their end.",
+)
+@click.option("--dtype", default=None, help="Load the base in this dtype (float32, float64, bfloat16).")
+@click.option(
+    "--store",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Adapter store root (default: $TRACE_PTUNE_HOME/adapters).",
+)
+@click.option("--canary-seed", type=int, default=None, help="Pick canary traffic at random from this seed (default: by request id).")
+@click.option("--memory-budget-mb", type=float, default=1024.0, show_default=True, help="Loaded adapters + cached prefixes.")
+@click.option("--allow-base-mismatch", is_flag=True, help="Serve adapters trained on another fingerprint.")
+@click.option("--capture-content", is_flag=True, help="Put prompt and completion text on the spans.")
+@click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"]))
+@handle_errors
+def serve(
+    model_spec: str,
+    host: str,
+    port: int,
+    api_keys_file: Path | None,
+    max_batch_size: int,
+    batch_wait_ms: float,
+    scheduling: str,
+    dtype: str | None,
+    store: Path | None,
+    canary_seed: int | None,
+    memory_budget_mb: float,
+    allow_base_mismatch: bool,
+    capture_content: bool,
+    log_level: str,
+) -> None:
+    """Serve soft prompts over an OpenAI-compatible HTTP API (SIGTERM drains and exits)."""
+    import uvicorn
+
+    from trace_ptune.adapters.store import AdapterStore
+    from trace_ptune.models import load_model
+    from trace_ptune.runtime import Engine
+    from trace_ptune.runtime.server import ApiKeys, create_app
+
+    keys = ApiKeys.load(api_keys_file) if api_keys_file is not None else None
+    telemetry = _configure_telemetry()
+    base = load_model(model_spec, dtype=dtype)
+    adapter_store = AdapterStore(store)
+    engine = Engine(
+        base,
+        store=adapter_store,
+        memory_budget_mb=memory_budget_mb,
+        max_batch_size=max_batch_size,
+        allow_base_mismatch=allow_base_mismatch,
+        capture_content=True if capture_content else None,
+    )
+    app = create_app(
+        engine,
+        store=adapter_store,
+        api_keys=keys,
+        max_batch_size=max_batch_size,
+        batch_wait_ms=batch_wait_ms,
+        scheduling=scheduling,
+        canary_seed=canary_seed,
+        on_shutdown=telemetry.shutdown if telemetry is not None else None,
+    )
+    tenants = f", {len(keys)} API keys" if keys is not None else ""
+    click.echo(
+        f"serving {base.name} ({base.fingerprint[:19]}) on http://{host}:{port}/v1 "
+        f"[{scheduling} scheduling, batch {max_batch_size}, wait {batch_wait_ms:g} ms{tenants}]",
+        err=True,
+    )
+    # uvicorn handles SIGINT/SIGTERM: stop accepting, finish open requests, then the app's
+    # lifespan shutdown drains the scheduler and flushes telemetry.
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=120)
+
+
+def _configure_telemetry() -> Any:
+    try:
+        from trace_ptune.telemetry import configure
+
+        return configure(service_name="trace-ptune-serve")
+    except Exception as exc:  # no exporters available: serve anyway
+        logger.warning("telemetry is off: %s", exc)
+        return None

@@ -1,0 +1,299 @@
+"""The collector process: one store, the OTLP receivers, the query API and the Postgres endpoint.
+
+>>> from trace_ptune.collector import Collector, CollectorConfig
+>>> c = Collector(CollectorConfig(db="traces.duckdb", http="127.0.0.1:0", grpc=None)).start()
+>>> c.urls["http"]            # doctest: +SKIP
+'http://127.0.0.1:43117'
+>>> c.stop()                  # drain, checkpoint, remove the side file
+
+While it runs, ``<db>.collector.json`` beside the database names its URLs and pid, so
+``trace-ptune query --db`` finds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import errno
+import json
+import logging
+import os
+import re
+import signal
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trace_ptune import paths
+from trace_ptune.collector.http_server import CollectorHTTPServer, serve_in_thread
+from trace_ptune.collector.ingest import Ingestor
+from trace_ptune.collector.store import Store
+from trace_ptune.errors import CollectorError, ConfigError
+
+log = logging.getLogger(__name__)
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNIT = {"": 86400, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``30d``, ``12h``, ``90m``, ``45s``, ``2w`` (a bare number means days) -> seconds."""
+    m = _DURATION.match(text or "")
+    if not m:
+        raise ConfigError(f"cannot read the duration {text!r}; use a number with s, m, h, d or w, e.g. 30d")
+    return float(m.group(1)) * _UNIT[m.group(2)]
+
+
+def parse_address(text: str, default_port: int) -> tuple[str, int]:
+    """``host:port``, ``:port`` or ``port`` -> (host, port); the host defaults to loopback."""
+    text = text.strip()
+    host, _, port = text.rpartition(":") if ":" in text else ("", "", text)
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        return host, int(port) if port else default_port
+    except ValueError:
+        raise ConfigError(f"cannot read the address {text!r}; use host:port, e.g. 127.0.0.1:4318") from None
+
+
+@dataclass
+class CollectorConfig:
+    """Options of ``trace-ptune collector run`` (one field per option)."""
+
+    db: str | Path | None = None
+    http: str | None = "127.0.0.1:4318"
+    grpc: str | None = "127.0.0.1:4317"
+    pg: str | None = None
+    token: str | None = None
+    pg_password: str | None = None
+    retain: str | None = None
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_queue_rows: int = 200_000
+    workers: int = 0
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        if self.db is None:
+            self.db = paths.default_db()
+        self.db = Path(self.db).expanduser()
+        if self.http is None and self.grpc is None:
+            raise ConfigError("at least one of --http and --grpc is needed to receive telemetry")
+        if self.retain:
+            parse_duration(self.retain)
+        if self.max_body_bytes <= 0 or self.max_queue_rows <= 0:
+            raise ConfigError("max_body_bytes and max_queue_rows must be positive")
+        if self.workers < 0:
+            raise ConfigError(f"workers must be 0 or more, not {self.workers}")
+
+
+class Collector:
+    """Owns the DuckDB file and every endpoint in front of it."""
+
+    def __init__(self, config: CollectorConfig) -> None:
+        self.config = config
+        self.store: Store | None = None
+        self.ingestor: Ingestor | None = None
+        self.urls: dict[str, str] = {}
+        self._http: CollectorHTTPServer | None = None
+        self._grpc: Any = None
+        self._pg: Any = None
+        self._accepting = False
+        self._stopped = threading.Event()
+        self.started_at: str | None = None
+
+    @property
+    def db(self) -> Path:
+        return Path(self.config.db)  # type: ignore[arg-type]
+
+    def start(self) -> Collector:
+        cfg = self.config
+        retain = parse_duration(cfg.retain) if cfg.retain else None
+        self.store = Store(self.db, max_queue_rows=cfg.max_queue_rows, retain_seconds=retain)
+        try:
+            self.ingestor = Ingestor(self.store, workers=cfg.workers)
+            self._accepting = True
+            if cfg.http:
+                host, port = parse_address(cfg.http, 4318)
+                try:
+                    self._http = CollectorHTTPServer(
+                        (host, port),
+                        store=self.store,
+                        ingestor=self.ingestor,
+                        token=cfg.token,
+                        max_body=cfg.max_body_bytes,
+                        metrics_text=self.metrics_text,
+                    )
+                except OSError as exc:
+                    raise _bind_error("HTTP", cfg.http, "--http", exc) from None
+                serve_in_thread(self._http)
+                self.urls["http"] = f"http://{_url_host(host)}:{self._http.server_address[1]}"
+            if cfg.grpc:
+                from trace_ptune.collector.grpc_server import start_grpc
+
+                host, port = parse_address(cfg.grpc, 4317)
+                self._grpc, bound = start_grpc(
+                    f"{_url_host(host)}:{port}",
+                    self.ingestor,
+                    cfg.token,
+                    lambda: self._accepting,
+                    max_message=cfg.max_body_bytes,
+                )
+                self.urls["grpc"] = f"http://{_url_host(host)}:{bound}"
+            if cfg.pg:
+                from trace_ptune.collector.pgwire import PgServer
+
+                host, port = parse_address(cfg.pg, 5433)
+                try:
+                    self._pg = PgServer((host, port), self.store, password=cfg.pg_password)
+                except OSError as exc:
+                    raise _bind_error("Postgres", cfg.pg, "--pg", exc) from None
+                self._pg.serve_in_thread()
+                self.urls["pg"] = f"postgresql://{_url_host(host)}:{self._pg.server_address[1]}/traces"
+        except BaseException:
+            self._shutdown_servers()
+            if self.ingestor:
+                self.ingestor.close()
+            self.store.close()
+            raise
+        self.started_at = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
+        self._write_side_file()
+        return self
+
+    def _write_side_file(self) -> None:
+        side = paths.collector_side_file(self.db)
+        info = {
+            "urls": self.urls,
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "db": str(self.db),
+            "auth": bool(self.config.token),
+        }
+        tmp = side.with_name(side.name + ".tmp")
+        tmp.write_text(json.dumps(info, indent=2) + "\n")
+        os.replace(tmp, side)
+
+    def _shutdown_servers(self) -> None:
+        self._accepting = False
+        if self._http is not None:
+            self._http.accepting = False
+            self._http.shutdown()
+            self._http.server_close()
+        if self._grpc is not None:
+            self._grpc.stop(grace=5).wait(10)
+        if self._pg is not None:
+            self._pg.shutdown()
+            self._pg.server_close()
+
+    def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish, drain the queue, checkpoint, close."""
+        if self._stopped.is_set() or self.store is None:
+            return
+        self._stopped.set()
+        self._shutdown_servers()
+        if self.ingestor is not None:
+            self.ingestor.close()
+        self.store.close()
+        with contextlib.suppress(OSError):
+            side = paths.collector_side_file(self.db)
+            info = json.loads(side.read_text())
+            if info.get("pid") == os.getpid():
+                side.unlink()
+
+    def run(self) -> None:
+        """Start, then block until SIGTERM or SIGINT; shut down gracefully."""
+        stop = threading.Event()
+
+        def handler(signum: int, frame: Any) -> None:
+            stop.set()
+
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            if self.store is None:
+                self.start()
+            while not stop.wait(0.5):
+                pass
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+            self.stop()
+
+    def __enter__(self) -> Collector:
+        return self.start() if self.store is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------ self-observation
+
+    def metrics_text(self) -> str:
+        """Prometheus text exposition of the collector's own counters."""
+        store = self.store
+        assert store is not None
+        st = store.stats
+        lines = [
+            "# HELP trace_ptune_collector_queue_rows Rows waiting for the writer.",
+            "# TYPE trace_ptune_collector_queue_rows gauge",
+            f"trace_ptune_collector_queue_rows {store.queue_rows}",
+            "# HELP trace_ptune_collector_accepted_total Items committed, by signal.",
+            "# TYPE trace_ptune_collector_accepted_total counter",
+        ]
+        lines += [f'trace_ptune_collector_accepted_total{{signal="{k}"}} {v}' for k, v in st.accepted.items()]
+        lines += [
+            "# HELP trace_ptune_collector_rejected_total Items refused as invalid (partial success), by signal.",
+            "# TYPE trace_ptune_collector_rejected_total counter",
+        ]
+        lines += [f'trace_ptune_collector_rejected_total{{signal="{k}"}} {v}' for k, v in st.rejected.items()]
+        lines += [
+            "# HELP trace_ptune_collector_throttled_total Requests refused because the queue was full.",
+            "# TYPE trace_ptune_collector_throttled_total counter",
+            f"trace_ptune_collector_throttled_total {st.refused_full}",
+            "# HELP trace_ptune_collector_evaluations_total Evaluation rows stored.",
+            "# TYPE trace_ptune_collector_evaluations_total counter",
+            f"trace_ptune_collector_evaluations_total {st.evaluations}",
+            "# HELP trace_ptune_collector_write_errors_total Batches that could not be stored.",
+            "# TYPE trace_ptune_collector_write_errors_total counter",
+            f"trace_ptune_collector_write_errors_total {st.write_errors}",
+            "# HELP trace_ptune_collector_commit_seconds Time to insert and commit one group of batches.",
+            "# TYPE trace_ptune_collector_commit_seconds summary",
+            f"trace_ptune_collector_commit_seconds_sum {st.commit_seconds_sum:.6f}",
+            f"trace_ptune_collector_commit_seconds_count {st.commits}",
+            "# HELP trace_ptune_collector_commit_seconds_max Slowest commit so far.",
+            "# TYPE trace_ptune_collector_commit_seconds_max gauge",
+            f"trace_ptune_collector_commit_seconds_max {st.commit_seconds_max:.6f}",
+            "# HELP trace_ptune_collector_db_bytes Size of the database file and its WAL.",
+            "# TYPE trace_ptune_collector_db_bytes gauge",
+            f"trace_ptune_collector_db_bytes {store.db_size()}",
+        ]
+        return "\n".join(lines) + "\n"
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _bind_error(what: str, address: str, option: str, exc: OSError) -> CollectorError:
+    if exc.errno == errno.EADDRINUSE:
+        return CollectorError(
+            f"cannot listen for {what} on {address}: the port is in use; pass {option} with another port"
+        )
+    return CollectorError(f"cannot listen for {what} on {address}: {exc.strerror or exc}; check {option}")
+
+
+def read_side_file(db: str | Path) -> dict[str, Any] | None:
+    """The side file of a collector that is running on ``db`` (None when none is alive)."""
+    side = paths.collector_side_file(Path(db).expanduser())
+    try:
+        info = json.loads(side.read_text())
+        pid = int(info["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return info
+
+
+__all__ = ["Collector", "CollectorConfig", "parse_address", "parse_duration", "read_side_file"]

@@ -1,0 +1,557 @@
+"""Trace ``generate()`` of every transformers model: one span per generated sequence.
+
+Usage::
+
+    from trace_ptune.instrumentation.transformers import TransformersInstrumentor
+
+    TransformersInstrumentor().instrument(tracer_provider=..., meter_provider=..., capture_content=False)
+    model.generate(**inputs)          # traced
+    TransformersInstrumentor().uninstrument()
+
+or ``trace_ptune.instrument()`` for every instrumentor at once, or no code at all with
+``opentelemetry-instrument python app.py`` (entry point ``trace_ptune_transformers``).
+
+It wraps ``transformers.generation.utils.GenerationMixin.generate``, so every causal LM and the
+pipelines built on them are covered. Per call:
+
+- a single-sequence call gives one span ``text_completion {base}``; a call that produces several
+  sequences (a batch, or ``num_return_sequences``) gives a ``ptune.generate`` call span with one
+  ``text_completion {base}`` child per sequence;
+- attributes from the tensors: input tokens per row (padding excluded), output tokens per row (up
+  to and including the first end-of-sequence token), finish reason (``stop`` or ``length``),
+  request parameters from the keyword arguments and generation config, time to first token when
+  a ``streamer`` is passed, the base-model name (``trace_ptune.instrumentation.register_base_model``,
+  else ``config._name_or_path``) and, when registered, its fingerprint;
+- with the PEFT instrumentor on, the active soft prompt's ``ptune.adapter.*`` attributes, virtual
+  token count and ``gen_ai.response.model = <base>+ptune:<hash12>``;
+- tenant / deployment / traffic from ``trace_ptune.tags()``, baggage or ``instrument()`` defaults;
+- metrics ``gen_ai.client.token.usage``, ``gen_ai.client.operation.duration`` and
+  ``gen_ai.client.operation.time_to_first_chunk`` with ``ptune.adapter.hash`` as a dimension.
+
+Prompt and completion text (``gen_ai.input.messages`` / ``gen_ai.output.messages``) are recorded
+only with ``capture_content=True`` or ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true``,
+and only when a tokenizer is known (registered, or passed to ``generate(tokenizer=...)``).
+
+The wrapper honours ``suppress_instrumentation``; an exception from ``generate()`` is recorded
+and re-raised unchanged; a failure inside the instrumentation is logged once and the call proceeds.
+Nothing is discovered per call: model details are cached per model object.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import weakref
+from collections.abc import Collection
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import wrapt
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled, unwrap
+from opentelemetry.trace import Status, StatusCode
+
+from trace_ptune import semconv
+from trace_ptune.instrumentation import context as _ctx
+from trace_ptune.instrumentation import scoring as _scoring
+from trace_ptune.instrumentation._warn import warn_once
+
+_log = logging.getLogger(__name__)
+
+_INSTRUMENTS = ("transformers >= 4.40",)
+_MODULE = "transformers.generation.utils"
+_TARGET = "GenerationMixin.generate"
+
+# Bucket boundaries the GenAI semantic conventions recommend.
+_TOKEN_BUCKETS = [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864]
+_DURATION_BUCKETS = [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92]
+_TTFC_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0]
+
+_in_generate: ContextVar[bool] = ContextVar("trace_ptune_in_generate", default=False)
+
+
+def capture_content_enabled(explicit: bool | None) -> bool:
+    """``explicit`` if given, else the standard opt-in environment variable."""
+    if explicit is not None:
+        return bool(explicit)
+    return os.environ.get(semconv.ENV_CAPTURE_MESSAGE_CONTENT, "").strip().lower() in ("true", "1", "yes")
+
+
+class TransformersInstrumentor(BaseInstrumentor):
+    """Instrument ``GenerationMixin.generate`` (see the module docstring)."""
+
+    _wrapper: _GenerateWrapper | None = None
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return _INSTRUMENTS
+
+    def _instrument(self, **kwargs: Any) -> None:
+        from trace_ptune.telemetry import get_meter, get_tracer
+
+        self._wrapper = _GenerateWrapper(
+            tracer=get_tracer(kwargs.get("tracer_provider")),
+            meter=get_meter(kwargs.get("meter_provider")),
+            capture_content=capture_content_enabled(kwargs.get("capture_content")),
+        )
+        wrapt.wrap_function_wrapper(_MODULE, _TARGET, self._wrapper)
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        from transformers.generation.utils import GenerationMixin
+
+        unwrap(GenerationMixin, "generate")
+        self._wrapper = None
+
+
+def is_active() -> bool:
+    """True while the transformers instrumentor is on."""
+    return TransformersInstrumentor().is_instrumented_by_opentelemetry
+
+
+# ---------------------------------------------------------------- per-model cache
+
+
+@dataclass
+class _ModelInfo:
+    identity: Any  # the registered BaseIdentity this was built from (or None)
+    name: str
+    span_name: str
+    fingerprint: str | None
+    is_encoder_decoder: bool
+    tokenizer: Any
+    static: dict[str, Any]  # attributes identical for every call on this model
+    metric_attrs: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = field(
+        default_factory=dict
+    )
+
+    def metrics_for(self, adapter_hash: str | None) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """(call attributes, input-token attributes, output-token attributes), cached per adapter."""
+        key = adapter_hash or ""
+        found = self.metric_attrs.get(key)
+        if found is None:
+            base = {
+                semconv.GEN_AI_OPERATION_NAME: semconv.GEN_AI_OPERATION_TEXT_COMPLETION,
+                semconv.GEN_AI_PROVIDER_NAME: semconv.GEN_AI_PROVIDER_TRANSFORMERS,
+                semconv.GEN_AI_REQUEST_MODEL: self.name,
+            }
+            if adapter_hash:
+                base[semconv.PTUNE_ADAPTER_HASH] = adapter_hash
+            found = (
+                base,
+                {**base, semconv.GEN_AI_TOKEN_TYPE: "input"},
+                {**base, semconv.GEN_AI_TOKEN_TYPE: "output"},
+            )
+            self.metric_attrs[key] = found
+        return found
+
+
+_models: weakref.WeakKeyDictionary[Any, _ModelInfo] = weakref.WeakKeyDictionary()
+
+
+def _model_info(model: Any) -> _ModelInfo:
+    identity = _ctx.base_identity(model)
+    try:
+        info = _models.get(model)
+    except TypeError:
+        info = None
+    if info is not None and info.identity is identity:
+        return info
+    config = getattr(model, "config", None)
+    name = (identity.name if identity else None) or _name_from_config(model, config)
+    fingerprint = (identity.fingerprint if identity else None) or getattr(
+        model, "_trace_ptune_fingerprint", None
+    )
+    static: dict[str, Any] = {
+        semconv.GEN_AI_OPERATION_NAME: semconv.GEN_AI_OPERATION_TEXT_COMPLETION,
+        semconv.GEN_AI_PROVIDER_NAME: semconv.GEN_AI_PROVIDER_TRANSFORMERS,
+        semconv.GEN_AI_REQUEST_MODEL: name,
+        semconv.PTUNE_BASE_MODEL_NAME: name,
+    }
+    if fingerprint:
+        static[semconv.PTUNE_BASE_MODEL_FINGERPRINT] = fingerprint
+    info = _ModelInfo(
+        identity=identity,
+        name=name,
+        span_name=semconv.generation_span_name(semconv.GEN_AI_OPERATION_TEXT_COMPLETION, name),
+        fingerprint=fingerprint,
+        is_encoder_decoder=bool(getattr(config, "is_encoder_decoder", False)),
+        tokenizer=identity.tokenizer if identity else None,
+        static=static,
+    )
+    try:
+        _models[model] = info
+    except TypeError:
+        pass
+    return info
+
+
+def _name_from_config(model: Any, config: Any) -> str:
+    raw = getattr(model, "name_or_path", None) or getattr(config, "_name_or_path", None) or ""
+    raw = str(raw)
+    if raw and (os.path.isabs(raw) or raw.startswith(".") or os.path.isdir(raw)):
+        raw = Path(raw.rstrip("/\\")).name  # a local directory: its name, never the full path
+    return raw or getattr(config, "model_type", None) or type(model).__name__
+
+
+# ---------------------------------------------------------------- the wrapper
+
+
+class _TimedStreamer(wrapt.ObjectProxy):  # type: ignore[misc]
+    """Passes everything through to the user's streamer; notes when the first new token arrives."""
+
+    def __init__(self, wrapped: Any) -> None:
+        super().__init__(wrapped)
+        self._self_puts = 0
+        self._self_first_ns: int | None = None
+
+    def put(self, value: Any) -> Any:
+        self._self_puts += 1
+        # generate() first puts the prompt, then each new token.
+        if self._self_puts == 2:
+            self._self_first_ns = time.time_ns()
+        return self.__wrapped__.put(value)
+
+
+class _GenerateWrapper:
+    def __init__(self, tracer: Any, meter: Any, capture_content: bool) -> None:
+        self.tracer = tracer
+        self.capture_content = capture_content
+        self.token_usage = meter.create_histogram(
+            semconv.METRIC_TOKEN_USAGE,
+            unit="{token}",
+            description="Number of input and output tokens used per generated sequence.",
+            explicit_bucket_boundaries_advisory=_TOKEN_BUCKETS,
+        )
+        self.duration = meter.create_histogram(
+            semconv.METRIC_OPERATION_DURATION,
+            unit="s",
+            description="Duration of generate() calls.",
+            explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
+        )
+        self.ttfc = meter.create_histogram(
+            semconv.METRIC_TIME_TO_FIRST_CHUNK,
+            unit="s",
+            description="Time from the start of generate() to the first generated token (streaming calls).",
+            explicit_bucket_boundaries_advisory=_TTFC_BUCKETS,
+        )
+
+    def __call__(self, wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if _in_generate.get() or not is_instrumentation_enabled():
+            return wrapped(*args, **kwargs)
+        try:
+            call = _Call(self, instance, args, kwargs)
+            kwargs = call.kwargs
+            call.start()
+        except Exception as exc:
+            warn_once(
+                _log, "generate-start", "trace-ptune could not trace generate(): %r; not tracing it.", exc
+            )
+            return wrapped(*args, **kwargs)
+        flag = _in_generate.set(True)
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            _in_generate.reset(flag)
+            call.fail(exc)
+            raise
+        _in_generate.reset(flag)
+        call.finish(result)
+        return result
+
+
+class _Call:
+    """One instrumented generate() call: request attributes before, response attributes after."""
+
+    __slots__ = (
+        "adapter",
+        "batch",
+        "call_span",
+        "eos",
+        "ids",
+        "info",
+        "instance",
+        "kwargs",
+        "max_tokens",
+        "nrs",
+        "output_start",
+        "owner",
+        "pad",
+        "request",
+        "rows",
+        "start_ns",
+        "streamer",
+        "token",
+    )
+
+    def __init__(
+        self, owner: _GenerateWrapper, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        self.owner = owner
+        self.instance = instance
+        self.kwargs = kwargs
+        self.info = info = _model_info(instance)
+        self.adapter = _ctx.active_adapter.get()
+        self.call_span: Any = None
+        self.token: Any = None
+        self.streamer: _TimedStreamer | None = None
+
+        ids = args[0] if args else kwargs.get("inputs")
+        if ids is None:
+            ids = kwargs.get("input_ids")
+        embeds = kwargs.get("inputs_embeds")
+        if ids is not None and getattr(ids, "is_floating_point", lambda: False)():
+            ids, embeds = None, ids  # inputs_embeds passed positionally
+        gen_config = args[1] if len(args) > 1 else kwargs.get("generation_config")
+        model_config = getattr(instance, "generation_config", None)
+
+        def param(key: str) -> Any:
+            value = kwargs.get(key)
+            if value is None and gen_config is not None:
+                value = getattr(gen_config, key, None)
+            if value is None and model_config is not None:
+                value = getattr(model_config, key, None)
+            return value
+
+        shape = getattr(ids if ids is not None else embeds, "shape", None)
+        self.ids = ids if ids is not None and len(shape or ()) == 2 else None
+        self.batch = int(shape[0]) if shape else 1
+        prompt_len = int(shape[1]) if shape is not None and len(shape) >= 2 else 0
+        if info.is_encoder_decoder:
+            self.output_start = 1  # the decoder start token
+        else:
+            self.output_start = prompt_len if self.ids is not None else 0
+        self.nrs = int(param("num_return_sequences") or 1)
+        self.rows = self.batch * self.nrs
+        self.eos = _token_ids(param("eos_token_id"))
+        pad = _token_ids(param("pad_token_id"))
+        self.pad = next(iter(pad)) if len(pad) == 1 else None
+        max_new = param("max_new_tokens")
+        if max_new is None:
+            max_length = param("max_length")
+            max_new = max_length - prompt_len if max_length and not info.is_encoder_decoder else max_length
+        self.max_tokens = int(max_new) if max_new is not None else None
+
+        request = dict(info.static)
+        if self.max_tokens is not None:
+            request[semconv.GEN_AI_REQUEST_MAX_TOKENS] = self.max_tokens
+        if param("do_sample"):
+            for key, attr in (
+                ("temperature", semconv.GEN_AI_REQUEST_TEMPERATURE),
+                ("top_p", semconv.GEN_AI_REQUEST_TOP_P),
+                ("top_k", semconv.GEN_AI_REQUEST_TOP_K),
+            ):
+                value = param(key)
+                if value is not None:
+                    request[attr] = value
+        else:
+            request[semconv.GEN_AI_REQUEST_TEMPERATURE] = 0.0  # greedy / beam search
+        request[semconv.PTUNE_BATCH_SIZE] = self.rows
+        tags = _ctx.current_tags()
+        if tags:
+            request.update(tags)
+        adapter = self.adapter
+        if adapter is not None:
+            request.update(adapter.attributes)
+            request[semconv.PTUNE_USAGE_VIRTUAL_TOKENS] = adapter.num_virtual_tokens
+            request[semconv.GEN_AI_RESPONSE_MODEL] = f"{info.name}+ptune:{adapter.hash12}"
+        else:
+            request[semconv.GEN_AI_RESPONSE_MODEL] = info.name
+        self.request = request
+
+        streamer = kwargs.get("streamer")
+        if streamer is not None:
+            self.streamer = _TimedStreamer(streamer)
+            self.kwargs = {**kwargs, "streamer": self.streamer}
+
+    # -- lifecycle
+
+    def start(self) -> None:
+        self.start_ns = time.time_ns()
+        tracer = self.owner.tracer
+        if self.rows == 1:
+            span = tracer.start_span(self.info.span_name, attributes=self.request, start_time=self.start_ns)
+        else:
+            span = tracer.start_span(
+                semconv.SPAN_GENERATE_CALL,
+                attributes={k: v for k, v in self.request.items() if k != semconv.GEN_AI_RESPONSE_MODEL},
+                start_time=self.start_ns,
+            )
+        self.call_span = span
+        self.token = otel_context.attach(trace.set_span_in_context(span))
+
+    def fail(self, exc: BaseException) -> None:
+        try:
+            otel_context.detach(self.token)
+            error_type = type(exc).__qualname__
+            span = self.call_span
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, f"{error_type}: {exc}"))
+            span.set_attribute(semconv.ERROR_TYPE, error_type)
+            span.end()
+            attrs, _, _ = self.info.metrics_for(self.adapter.hash if self.adapter else None)
+            self.owner.duration.record(
+                (time.time_ns() - self.start_ns) / 1e9, {**attrs, semconv.ERROR_TYPE: error_type}
+            )
+        except Exception as inner:
+            warn_once(_log, "generate-fail", "trace-ptune could not record a generate() error: %r", inner)
+
+    def finish(self, result: Any) -> None:
+        end_ns = time.time_ns()
+        span = self.call_span
+        try:
+            otel_context.detach(self.token)
+            self._record(result, span, end_ns)
+        except Exception as exc:
+            warn_once(_log, "generate-finish", "trace-ptune could not record a generate() result: %r", exc)
+        finally:
+            if span.is_recording():
+                span.end(end_time=end_ns)
+
+    def _record(self, result: Any, span: Any, end_ns: int) -> None:
+        owner = self.owner
+        rows = self._rows(result)
+        ttfc = None
+        if self.streamer is not None and self.streamer._self_first_ns is not None:
+            ttfc = (self.streamer._self_first_ns - self.start_ns) / 1e9
+        call_attrs, in_attrs, out_attrs = self.info.metrics_for(self.adapter.hash if self.adapter else None)
+        texts = self._texts(result) if owner.capture_content else None
+
+        response_ids = []
+        if self.rows == 1:
+            attrs = self._row_attrs(rows[0] if rows else None, ttfc, texts, 0)
+            rid = _response_id(span)
+            if rid is not None:
+                attrs[semconv.GEN_AI_RESPONSE_ID] = rid
+                response_ids.append(rid)
+                _scoring.register_generation(rid, span.get_span_context(), self.request)
+            span.set_attributes(attrs)
+        else:
+            parent = trace.set_span_in_context(span)
+            tracer = owner.tracer
+            name = self.info.span_name
+            for i in range(self.rows):
+                attrs = self.request | self._row_attrs(rows[i] if rows else None, ttfc, texts, i)
+                row_span = tracer.start_span(name, context=parent, attributes=attrs, start_time=self.start_ns)
+                rid = _response_id(row_span)
+                if rid is not None:
+                    row_span.set_attribute(semconv.GEN_AI_RESPONSE_ID, rid)
+                    response_ids.append(rid)
+                    _scoring.register_generation(rid, row_span.get_span_context(), attrs)
+                row_span.end(end_time=end_ns)
+            if ttfc is not None:
+                span.set_attribute(semconv.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK, ttfc)
+        _scoring._set_last_response_ids(tuple(response_ids))
+
+        owner.duration.record((end_ns - self.start_ns) / 1e9, call_attrs)
+        if ttfc is not None:
+            owner.ttfc.record(ttfc, call_attrs)
+        if rows:
+            record = owner.token_usage.record
+            for input_tokens, output_tokens, _ in rows:
+                record(input_tokens, in_attrs)
+                record(output_tokens, out_attrs)
+
+    def _row_attrs(
+        self, row: tuple[int, int, str] | None, ttfc: float | None, texts: list[Any] | None, i: int
+    ) -> dict[str, Any]:
+        attrs: dict[str, Any] = {}
+        if row is not None:
+            attrs[semconv.GEN_AI_USAGE_INPUT_TOKENS] = row[0]
+            attrs[semconv.GEN_AI_USAGE_OUTPUT_TOKENS] = row[1]
+            attrs[semconv.GEN_AI_RESPONSE_FINISH_REASONS] = (row[2],)
+        if ttfc is not None:
+            attrs[semconv.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] = ttfc
+        if texts is not None:
+            prompt, completion = texts[i]
+            reason = row[2] if row is not None else None
+            attrs[semconv.GEN_AI_INPUT_MESSAGES] = json.dumps(
+                [{"role": "user", "parts": [{"type": "text", "content": prompt}]}]
+            )
+            attrs[semconv.GEN_AI_OUTPUT_MESSAGES] = json.dumps(
+                [
+                    {
+                        "role": "assistant",
+                        "parts": [{"type": "text", "content": completion}],
+                        "finish_reason": reason,
+                    }
+                ]
+            )
+        return attrs
+
+    def _rows(self, result: Any) -> list[tuple[int, int, str]] | None:
+        """(input tokens, output tokens, finish reason) per output row, from the tensors."""
+        sequences = _sequences(result)
+        if sequences is None or getattr(sequences, "dim", lambda: 0)() != 2:
+            return None
+        generated = sequences[:, self.output_start :].tolist()
+        inputs = self._input_counts()
+        eos, pad, max_tokens, nrs = self.eos, self.pad, self.max_tokens, self.nrs
+        out: list[tuple[int, int, str]] = []
+        for r, tokens in enumerate(generated):
+            n = len(tokens)
+            reason = None
+            if eos:
+                for i, t in enumerate(tokens):
+                    if t in eos:
+                        n, reason = i + 1, "stop"
+                        break
+            if reason is None:
+                if pad is not None:
+                    while n and tokens[n - 1] == pad:
+                        n -= 1
+                reason = "length" if max_tokens is not None and n >= max_tokens else "stop"
+            out.append((inputs[r // nrs] if r // nrs < len(inputs) else inputs[-1], n, reason))
+        return out
+
+    def _input_counts(self) -> list[int]:
+        mask = self.kwargs.get("attention_mask")
+        if mask is not None and getattr(mask, "dim", lambda: 0)() == 2:
+            return [int(v) for v in mask.sum(-1).tolist()]
+        ids = self.ids
+        if ids is not None:
+            if self.pad is not None and self.batch > 1:
+                return [int(v) for v in (ids != self.pad).sum(-1).tolist()]
+            return [int(ids.shape[1])] * self.batch
+        embeds = self.kwargs.get("inputs_embeds")
+        length = int(embeds.shape[1]) if embeds is not None and len(embeds.shape) >= 2 else 0
+        return [length] * self.batch
+
+    def _texts(self, result: Any) -> list[tuple[str, str]] | None:
+        tokenizer = self.kwargs.get("tokenizer") or self.info.tokenizer
+        sequences = _sequences(result)
+        if tokenizer is None or sequences is None:
+            return None
+        prompts = (
+            tokenizer.batch_decode(self.ids, skip_special_tokens=True)
+            if self.ids is not None
+            else [""] * self.batch
+        )
+        completions = tokenizer.batch_decode(sequences[:, self.output_start :], skip_special_tokens=True)
+        return [(prompts[i // self.nrs], completions[i]) for i in range(len(completions))]
+
+
+def _token_ids(value: Any) -> frozenset[int]:
+    """Token ids from an int, a list or a tensor (generation configs hold any of them)."""
+    if value is None:
+        return frozenset()
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, int):
+        return frozenset((value,))
+    return frozenset(int(v) for v in value)
+
+
+def _sequences(result: Any) -> Any:
+    if hasattr(result, "dim"):
+        return result
+    return getattr(result, "sequences", None)
+
+
+def _response_id(span: Any) -> str | None:
+    ctx = span.get_span_context()
+    return format(ctx.span_id, "016x") if ctx.is_valid else None

@@ -1,0 +1,251 @@
+"""The scheduler thread: the only caller of the engine, batching requests across clients.
+
+HTTP handlers submit a :class:`Work` (every choice of one request) and await its events on an
+``asyncio`` queue; the thread turns many works into shared forward passes:
+
+- ``request`` scheduling (dynamic micro-batching): wait for the first work, keep collecting for
+  ``batch_wait_ms`` or until ``max_batch_size`` rows, then run that batch to its end. Works
+  arriving meanwhile wait for the next batch.
+- ``iteration`` scheduling: the same first batch, but works arriving while it runs join it at the
+  next decode step (the engine's ``start`` / ``add`` / ``step`` API), so a short request never
+  waits behind a long one. The engine caps rows decoding together at its ``max_batch_size``;
+  more wait inside the batch for a free slot.
+
+Events go back to the event loop with ``call_soon_threadsafe``, one list per work per step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from trace_ptune.errors import ConfigError
+from trace_ptune.runtime.requests import GenerationRequest, GenerationResult
+
+logger = logging.getLogger(__name__)
+
+SCHEDULING_MODES = ("iteration", "request")
+
+
+@dataclass
+class Delta:
+    """New text for one choice."""
+
+    index: int
+    text: str
+
+
+@dataclass
+class Done:
+    """One choice finished (``result.error`` set when the engine refused or failed it)."""
+
+    index: int
+    result: GenerationResult
+
+
+@dataclass
+class Work:
+    """The rows of one HTTP request and where their events go."""
+
+    requests: Sequence[GenerationRequest]
+    parent: Any  # OpenTelemetry context the rows' spans are children of
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue[list[Delta | Done]] = field(default_factory=asyncio.Queue)
+    stream: bool = False
+    submitted: float = field(default_factory=time.perf_counter)
+
+    def post(self, items: list[Delta | Done]) -> None:
+        if items:
+            try:
+                self.loop.call_soon_threadsafe(self.events.put_nowait, items)
+            except RuntimeError:  # the loop closed: the client is gone
+                pass
+
+
+class Scheduler:
+    """Owns the engine on one thread; see the module docstring."""
+
+    def __init__(
+        self,
+        engine: Any,
+        *,
+        max_batch_size: int = 32,
+        batch_wait_ms: float = 5.0,
+        mode: str = "iteration",
+    ) -> None:
+        if mode not in SCHEDULING_MODES:
+            raise ConfigError(f"Unknown scheduling {mode!r}; use one of {', '.join(SCHEDULING_MODES)}.")
+        if max_batch_size < 1:
+            raise ConfigError(f"max_batch_size={max_batch_size} must be >= 1.")
+        if batch_wait_ms < 0:
+            raise ConfigError(f"batch_wait_ms={batch_wait_ms} must be >= 0.")
+        self.engine = engine
+        self.max_batch_size = max_batch_size
+        self.batch_wait_s = batch_wait_ms / 1000.0
+        self.mode = mode
+        self._inbox: queue.Queue[Work | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._inflight = 0
+        self._inflight_lock = threading.Lock()
+        self._sent: dict[int, str] = {}  # seq id -> text streamed so far
+        # counters for /health and the benchmark
+        self.batches = 0
+        self.steps = 0
+        self.rows = 0
+        self.max_rows_seen = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="trace-ptune-scheduler", daemon=True)
+            self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def inflight(self) -> int:
+        """Works submitted and not yet finished."""
+        return self._inflight
+
+    def submit(self, work: Work) -> None:
+        if self._stopping.is_set():
+            raise RuntimeError("the scheduler is shutting down")
+        with self._inflight_lock:
+            self._inflight += 1
+        self._inbox.put(work)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Finish every submitted work, then end the thread."""
+        self._stopping.set()
+        self._inbox.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # ------------------------------------------------------------------ the thread
+    def _run(self) -> None:
+        while True:
+            first = self._inbox.get()
+            if first is None:
+                if self._inbox.empty():
+                    return
+                continue  # drain what was submitted before stop()
+            batch = [first, *self._collect(len(first.requests))]
+            self._run_batch(batch)
+
+    def _collect(self, rows: int) -> list[Work]:
+        """More works arriving within the batch window, up to ``max_batch_size`` rows."""
+        out: list[Work] = []
+        deadline = time.monotonic() + self.batch_wait_s
+        while rows < self.max_batch_size:
+            remaining = deadline - time.monotonic()
+            try:
+                work = self._inbox.get(timeout=remaining) if remaining > 0 else self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if work is None:  # stop() while collecting: run what we have, then stop
+                self._inbox.put(None)
+                break
+            out.append(work)
+            rows += len(work.requests)
+        return out
+
+    def _run_batch(self, works: list[Work]) -> None:
+        engine = self.engine
+        state = engine.start(stream=True)
+        owners: dict[int, tuple[Work, int]] = {}
+        remaining: dict[int, int] = {}  # id(work) -> rows not finished
+
+        def admit(work: Work) -> None:
+            try:
+                ids = engine.add(state, work.requests, parent=work.parent)
+            except Exception as exc:  # the engine refuses rows itself; this is a defect guard
+                logger.exception("admitting a request failed")
+                self._fail(work, exc)
+                return
+            remaining[id(work)] = len(ids)
+            for index, seq_id in enumerate(ids):
+                owners[seq_id] = (work, index)
+
+        for work in works:
+            admit(work)
+        self.batches += 1
+        while not state.done:
+            try:
+                events = engine.step(state)
+            except Exception as exc:
+                logger.exception("a decode step failed; failing the batch")
+                engine.abort(state, exc)  # ends the rows' spans with the error
+                for work in {id(w): w for w, _ in owners.values()}.values():
+                    if remaining.get(id(work)):
+                        remaining[id(work)] = 0
+                        self._fail(work, exc)
+                return
+            self.steps += 1
+            self.max_rows_seen = max(self.max_rows_seen, state.active)
+            self._dispatch(events, owners, remaining)
+            if self.mode == "iteration":
+                self._admit_waiting(state, admit)
+
+    def _admit_waiting(self, state: Any, admit: Any) -> None:
+        """Iteration-level scheduling: works that arrived join the running batch now."""
+        while len(state) < self.max_batch_size:
+            try:
+                work = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if work is None:  # stop(): keep the marker for the outer loop
+                self._inbox.put(None)
+                return
+            admit(work)
+
+    def _dispatch(
+        self, events: list[Any], owners: dict[int, tuple[Work, int]], remaining: dict[int, int]
+    ) -> None:
+        per_work: dict[int, tuple[Work, list[Delta | Done]]] = {}
+        for event in events:
+            owner = owners.get(event.seq_id)
+            if owner is None:
+                continue
+            work, index = owner
+            items = per_work.setdefault(id(work), (work, []))[1]
+            if work.stream:
+                sent = self._sent.get(event.seq_id, "")
+                text = event.text
+                result = event.result
+                if result is not None and result.error is None and result.text.startswith(sent):
+                    # The final text is the authority: send whatever the deltas did not cover.
+                    text = result.text[len(sent) :]
+                if text:
+                    items.append(Delta(index, text))
+                    self._sent[event.seq_id] = sent + text
+            if event.result is not None:
+                items.append(Done(index, event.result))
+                del owners[event.seq_id]
+                self._sent.pop(event.seq_id, None)
+                self.rows += 1
+                remaining[id(work)] -= 1
+                if remaining[id(work)] == 0:
+                    self._finished()
+        for work, items in per_work.values():
+            work.post(items)
+
+    def _fail(self, work: Work, exc: BaseException) -> None:
+        results = []
+        for index, _ in enumerate(work.requests):
+            result = GenerationResult(error=f"generation failed: {exc}", error_type=type(exc).__name__)
+            results.append(Done(index, result))
+        work.post(list(results))
+        self._finished()
+
+    def _finished(self) -> None:
+        with self._inflight_lock:
+            self._inflight -= 1
