@@ -12,9 +12,10 @@ standard environment variables:
   ``console`` or ``none`` (comma-separated lists allowed);
 - ``OTEL_BSP_*``: when unset, the span queue holds 65,536 spans so training loops drop nothing.
 
-With no endpoint configured it looks for a local trace-ptune collector (the ``<db>.collector.json``
-side file of the default database naming a live process, or anything listening on
-``127.0.0.1:4318``) and exports there; otherwise it warns once and exports nothing (spans still
+With no endpoint configured it looks for a local trace-ptune collector (``TRACE_PTUNE_COLLECTOR``,
+the ``<db>.collector.json`` side file of the default database naming a live process, or anything
+listening on ``127.0.0.1:4318``) and exports there over OTLP/HTTP, with ``TRACE_PTUNE_TOKEN`` as a
+bearer token when set; otherwise it warns once and exports nothing (spans still
 get real ids, so ``score()`` keeps working). Providers the user already installed are reused,
 never replaced. Export timeouts are short and the exit-time flush is bounded, so a command never
 hangs on exit waiting for an unreachable collector. Calling it again returns the same set-up.
@@ -229,15 +230,20 @@ def _build(
         for signal in _SIGNAL_PATHS
     }
     wants_otlp = any("otlp" in k for k in kinds.values())
+    discovered = False
     if wants_otlp and not base and not any(signal_endpoints.values()):
         base = _discover_local_collector() if discover_local else None
         if base is not None:
             proto = "http/protobuf"  # what the local collector serves
+            discovered = True
         else:
             _warn_no_endpoint_once()
             kinds = {signal: tuple(k for k in ks if k != "otlp") for signal, ks in kinds.items()}
     timeout = export_timeout_s if export_timeout_s is not None else _export_timeout()
     hdrs = _parse_headers(headers) if headers is not None else None
+    token = _env(semconv.ENV_TOKEN)
+    if discovered and hdrs is None and token and not _env("OTEL_EXPORTER_OTLP_HEADERS"):
+        hdrs = {"authorization": f"Bearer {token}"}  # a local collector started with --token
     resource = _resource(service_name, resource_attributes)
 
     owned: list[str] = []
@@ -517,7 +523,7 @@ def _warn_no_endpoint_once() -> None:
     _warned_no_endpoint = True
     _log.warning(
         "No OTLP endpoint is configured and no local collector answered, so telemetry is not exported; "
-        "set OTEL_EXPORTER_OTLP_ENDPOINT or start one with `trace-ptune collector start`."
+        "set OTEL_EXPORTER_OTLP_ENDPOINT or start one with `trace-ptune collector run`."
     )
 
 
@@ -525,7 +531,15 @@ def _warn_no_endpoint_once() -> None:
 
 
 def _discover_local_collector() -> str | None:
-    """The OTLP/HTTP endpoint of a local collector, or None (never blocks for long)."""
+    """The OTLP/HTTP endpoint of a local collector, or None (never blocks for long).
+
+    Looked for in this order: ``TRACE_PTUNE_COLLECTOR`` (the collector's HTTP URL, which also
+    takes OTLP), the side file of the default database naming a live process, then anything
+    listening on ``127.0.0.1:4318``.
+    """
+    explicit = _env(semconv.ENV_COLLECTOR)
+    if explicit and explicit.startswith(("http://", "https://")):
+        return _find_otlp_url({"url": explicit})
     url = _side_file_endpoint(paths.collector_side_file(paths.default_db()))
     if url:
         return url

@@ -71,7 +71,9 @@ def span_request(spans: list[dict], service: str = "svc") -> ExportTraceServiceR
     return req
 
 
-def eval_log_request(trace_id: bytes, span_id: bytes, metric: str, score: float, **attrs) -> ExportLogsServiceRequest:
+def eval_log_request(
+    trace_id: bytes, span_id: bytes, metric: str, score: float, **attrs
+) -> ExportLogsServiceRequest:
     req = ExportLogsServiceRequest()
     rl = req.resource_logs.add()
     rl.resource.attributes.append(kv("service.name", "scorer"))

@@ -120,14 +120,19 @@ def test_token_is_required_when_configured(make_collector):
     good = CollectorClient(url, token="s3cret")
     # real exporters with the headers OTEL_EXPORTER_OTLP_HEADERS would set
     _export(HttpSpanExporter(endpoint=url + "/v1/traces", headers={"Authorization": "Bearer s3cret"}))
-    _export(GrpcSpanExporter(endpoint=grpc_target(c), insecure=True, headers={"authorization": "Bearer s3cret"}))
+    _export(
+        GrpcSpanExporter(endpoint=grpc_target(c), insecure=True, headers={"authorization": "Bearer s3cret"})
+    )
     assert good.query("SELECT count(*) FROM spans")[1] == [[3]]
     stub = trace_service_pb2_grpc.TraceServiceStub(grpc.insecure_channel(grpc_target(c)))
     with pytest.raises(grpc.RpcError) as err:
         stub.Export(span_request([{}]), timeout=10)
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
     # health and metrics stay open for probes
-    assert b"trace_ptune_collector_accepted_total" in __import__("urllib.request").request.urlopen(url + "/metrics").read()
+    assert (
+        b"trace_ptune_collector_accepted_total"
+        in __import__("urllib.request").request.urlopen(url + "/metrics").read()
+    )
 
 
 def test_without_a_token_no_auth_is_needed(collector):

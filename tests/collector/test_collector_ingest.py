@@ -9,10 +9,10 @@ import os
 import grpc
 import pytest
 from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter as GrpcLogExporter
+from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetricExporter
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
 from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as HttpLogExporter
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetricExporter
-from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
@@ -48,13 +48,23 @@ def _emit_spans(exporter) -> None:
 def test_http_and_grpc_span_exporters_land_spans_evaluations_and_adapters(collector, client):
     _emit_spans(HttpSpanExporter(endpoint=collector.urls["http"] + "/v1/traces"))
     _emit_spans(GrpcSpanExporter(endpoint=grpc_target(collector), insecure=True))
-    cols, rows = client.query(
+    _, rows = client.query(
         "SELECT SpanName, ServiceName, adapter_hash, adapter_version, tenant, deployment, traffic, "
         "base_fingerprint, input_tokens, SpanKind, length(TraceId), length(SpanId) FROM spans ORDER BY SpanName"
     )
     assert len(rows) == 4
     gen = [r for r in rows if r[0].startswith("text_completion")]
-    assert gen[0][1:10] == ["ptune-serve", ADAPTER, 2, "acme", "acme/support@prod", "production", FINGERPRINT, 12, "Internal"]
+    assert gen[0][1:10] == [
+        "ptune-serve",
+        ADAPTER,
+        2,
+        "acme",
+        "acme/support@prod",
+        "production",
+        FINGERPRINT,
+        12,
+        "Internal",
+    ]
     assert all(r[10] == 32 and r[11] == 16 for r in rows)
     _, evals = client.query(
         "SELECT source, name, score_value, e.adapter_hash, e.tenant, e.deployment, e.base_fingerprint, "
@@ -95,7 +105,7 @@ def test_metric_exporters_store_every_point_type(collector, client):
         ("temperature", "Gauge"),
     }
     assert len(rows) == 8
-    hist = [r for r in rows if r[1] == "Histogram"][0]
+    hist = next(r for r in rows if r[1] == "Histogram")
     assert hist[3] == 1 and hist[4] == 0.25 and hist[5] == "m"
     assert {r[2] for r in rows if r[0] == "temperature"} == {21.5}
 
@@ -130,9 +140,20 @@ def test_log_exporters_store_logs_and_log_based_evaluations(collector, client):
     assert ev == [["log", "faithfulness", 0.25, None]]
     # the scored span arrives later: the evaluation is back-filled
     req = span_request([{"trace_id": trace_id, "span_id": span_id, "attrs": generation_attrs()}])
-    assert post(collector.urls["http"] + "/v1/traces", req.SerializeToString(), {"Content-Type": "application/x-protobuf"})[0] == 200
-    _, ev = client.query("SELECT adapter_hash, adapter_name, tenant, deployment, traffic, base_fingerprint, SpanId FROM evaluations")
-    assert ev == [[ADAPTER, "acme/support", "acme", "acme/support@prod", "production", FINGERPRINT, span_id.hex()]]
+    assert (
+        post(
+            collector.urls["http"] + "/v1/traces",
+            req.SerializeToString(),
+            {"Content-Type": "application/x-protobuf"},
+        )[0]
+        == 200
+    )
+    _, ev = client.query(
+        "SELECT adapter_hash, adapter_name, tenant, deployment, traffic, base_fingerprint, SpanId FROM evaluations"
+    )
+    assert ev == [
+        [ADAPTER, "acme/support", "acme", "acme/support@prod", "production", FINGERPRINT, span_id.hex()]
+    ]
 
 
 def test_log_evaluation_after_its_span_is_filled_from_the_stored_span(collector, client):
@@ -140,7 +161,11 @@ def test_log_evaluation_after_its_span_is_filled_from_the_stored_span(collector,
     url = collector.urls["http"]
     req = span_request([{"trace_id": trace_id, "span_id": span_id, "attrs": generation_attrs()}])
     post(url + "/v1/traces", req.SerializeToString(), {"Content-Type": "application/x-protobuf"})
-    post(url + "/v1/logs", eval_log_request(trace_id, span_id, "em", 1.0).SerializeToString(), {"Content-Type": "application/x-protobuf"})
+    post(
+        url + "/v1/logs",
+        eval_log_request(trace_id, span_id, "em", 1.0).SerializeToString(),
+        {"Content-Type": "application/x-protobuf"},
+    )
     _, ev = client.query("SELECT source, adapter_hash, tenant, TraceId FROM evaluations")
     assert ev == [["log", ADAPTER, "acme", trace_id.hex()]]
 
@@ -183,7 +208,9 @@ def test_json_payload_with_hex_ids_keeps_the_ids(collector, client):
     )
     assert status == 200 and headers["Content-Type"] == "application/json"
     assert json.loads(out) == {}
-    _, rows = client.query("SELECT TraceId, SpanId, SpanKind, tenant, input_tokens, Duration, Timestamp FROM spans")
+    _, rows = client.query(
+        "SELECT TraceId, SpanId, SpanKind, tenant, input_tokens, Duration, Timestamp FROM spans"
+    )
     assert rows == [[trace_hex, span_hex, "Server", "acme", 9, 500_000_000, "2023-11-14T22:13:20Z"]]
     _, ev = client.query("SELECT SpanId, name, score_value, tenant FROM evaluations")
     assert ev == [[span_hex, "em", 0.5, "acme"]]

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export import SpanExportResult
 
 from tests.collector.conftest import post, start_subprocess
 from tests.collector.otlp_data import generation_attrs, span_request
@@ -109,7 +109,7 @@ def test_sigterm_drains_checkpoints_and_exits_zero(tmp_path):
 
 def test_locked_database_and_busy_port_give_one_sentence_errors(tmp_path):
     db = tmp_path / "l.duckdb"
-    proc, info = start_subprocess(db)
+    proc, _ = start_subprocess(db)
     try:
         out = subprocess.run(
             [sys.executable, "-m", "trace_ptune.cli.main", "collector", "run", "--db", str(db), "--http", "127.0.0.1:0", "--grpc", "off"],
@@ -147,7 +147,9 @@ def test_cli_export_compact_status_and_retention(tmp_path, make_collector):
     assert {r["table"]: r["rows"] for r in json.loads(res.stdout)}["spans"] == 30
     days = list((out / "spans").glob("day=*/*.parquet"))
     assert days
-    assert duckdb.connect().execute(f"SELECT count(*) FROM read_parquet('{out}/spans/*/*.parquet')").fetchone() == (30,)
+    assert duckdb.connect().execute(
+        f"SELECT count(*) FROM read_parquet('{out}/spans/*/*.parquet')"
+    ).fetchone() == (30,)
     res = runner.invoke(cli, ["collector", "compact", "--db", str(db), "--json"])
     assert res.exit_code == 0, res.output
     # still ingesting and reading after the swap
@@ -174,7 +176,10 @@ def test_migrations_are_recorded_and_reopening_is_idempotent(tmp_path):
     con = duckdb.connect(str(db), read_only=True)
     from trace_ptune.collector.schema import LATEST_VERSION
 
-    assert con.execute("SELECT max(version), count(*) FROM schema_migrations").fetchone() == (LATEST_VERSION, LATEST_VERSION)
+    assert con.execute("SELECT max(version), count(*) FROM schema_migrations").fetchone() == (
+        LATEST_VERSION,
+        LATEST_VERSION,
+    )
     con.close()
 
 

@@ -46,7 +46,14 @@ def loaded(collector):
             for s in (0.0, 1.0, 1.0)
         ]
     )  # fmt: skip
-    assert post(collector.urls["http"] + "/v1/traces", req.SerializeToString(), {"Content-Type": "application/x-protobuf"})[0] == 200
+    assert (
+        post(
+            collector.urls["http"] + "/v1/traces",
+            req.SerializeToString(),
+            {"Content-Type": "application/x-protobuf"},
+        )[0]
+        == 200
+    )
     return collector
 
 
@@ -88,7 +95,12 @@ def test_psycopg_simple_and_extended_protocols(loaded):
         oids = [d.type_code for d in cur.description]
         assert oids == [1114, 20, 23, 701, 1700, 1082, 16, 114, 1184]
         row = cur.fetchone()
-        assert row[2] == 2 and row[6] is True and str(row[4]) == "1.50" and row[7][semconv.PTUNE_TENANT] == "acme"
+        assert (
+            row[2] == 2
+            and row[6] is True
+            and str(row[4]) == "1.50"
+            and row[7][semconv.PTUNE_TENANT] == "acme"
+        )
         # extended protocol: parameters (psycopg sends Parse/Bind/Describe/Execute/Sync)
         rows = conn.execute(
             "SELECT name, count(*) FROM evaluations WHERE score_value >= %s AND tenant = %s GROUP BY name",
@@ -97,7 +109,9 @@ def test_psycopg_simple_and_extended_protocols(loaded):
         assert rows == [("em", 2)]
         # prepared and binary results
         for _ in range(3):
-            assert conn.execute("SELECT count(*) FROM spans WHERE adapter_version = %s", [2], prepare=True).fetchone() == (3,)
+            assert conn.execute(
+                "SELECT count(*) FROM spans WHERE adapter_version = %s", [2], prepare=True
+            ).fetchone() == (3,)
         bcur = conn.cursor(binary=True)
         bcur.execute("SELECT input_tokens, spans.Timestamp, score_value, CAST(2.25 AS DECIMAL(6,3)) FROM spans "
                      "JOIN evaluations USING (SpanId) WHERE input_tokens = %s LIMIT 1", [12])  # fmt: skip
@@ -140,10 +154,27 @@ def test_password_is_required_when_configured(make_collector):
 @pytest.mark.skipif(shutil.which("psql") is None, reason="psql (postgresql-client) is not installed")
 def test_psql_reads_while_refusing_writes(loaded):
     env = {**os.environ, "PGCONNECT_TIMEOUT": "10"}
-    base = ["psql", "-h", "127.0.0.1", "-p", str(pg_port(loaded)), "-U", "grafana", "-d", "traces", "-X", "-A", "-t"]
-    out = subprocess.run([*base, "-c", "SELECT count(*) FROM spans"], capture_output=True, text=True, env=env, timeout=30)
+    base = [
+        "psql",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(pg_port(loaded)),
+        "-U",
+        "grafana",
+        "-d",
+        "traces",
+        "-X",
+        "-A",
+        "-t",
+    ]
+    out = subprocess.run(
+        [*base, "-c", "SELECT count(*) FROM spans"], capture_output=True, text=True, env=env, timeout=30
+    )
     assert out.returncode == 0 and out.stdout.strip() == "3", out.stderr
-    out = subprocess.run([*base, "-c", "DELETE FROM spans"], capture_output=True, text=True, env=env, timeout=30)
+    out = subprocess.run(
+        [*base, "-c", "DELETE FROM spans"], capture_output=True, text=True, env=env, timeout=30
+    )
     assert out.returncode != 0 and "read-only" in out.stderr
     out = subprocess.run([*base, "-c", r"\d"], capture_output=True, text=True, env=env, timeout=30)
     assert out.returncode in (0, 1)  # catalog queries answer or fail cleanly, never hang or crash

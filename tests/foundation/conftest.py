@@ -39,7 +39,9 @@ def tiny64() -> BaseModel:
 def make_sp() -> Callable[..., SoftPrompt]:
     """Build a soft prompt for the tiny model with seeded float32-representable values."""
 
-    def make(method: str = semconv.METHOD_PROMPT_TUNING, *, n: int = 3, seed: int = 0, **kwargs: Any) -> SoftPrompt:
+    def make(
+        method: str = semconv.METHOD_PROMPT_TUNING, *, n: int = 3, seed: int = 0, **kwargs: Any
+    ) -> SoftPrompt:
         g = torch.Generator().manual_seed(seed)
         if method == semconv.METHOD_PREFIX_TUNING:
             kv = torch.randn(2, 2, 2, n, 16, generator=g)

@@ -36,7 +36,9 @@ def test_hash_is_exactly_the_documented_bytes(make_sp) -> None:
 
 def test_hash_ignores_provenance_and_exact_dtype_casts(make_sp) -> None:
     plain = make_sp()
-    labelled = make_sp(name="a", version=3, init="text", created_at="2020-01-01T00:00:00Z", base_model_name="x")
+    labelled = make_sp(
+        name="a", version=3, init="text", created_at="2020-01-01T00:00:00Z", base_model_name="x"
+    )
     assert plain.hash == labelled.hash
     bf16 = plain.to(torch.bfloat16)
     assert bf16.hash == bf16.to(torch.float32).hash == bf16.to(torch.float64).hash
@@ -155,7 +157,9 @@ def test_wrong_tensor_shape_or_method_is_refused() -> None:
         adapter_hash("prefix_tuning", torch.zeros(2, 2, 2, 3, 16), num_virtual_tokens=3, hidden=64)
 
 
-def test_other_base_fingerprint_is_refused_unless_overridden(make_sp, tiny: BaseModel, tiny64: BaseModel) -> None:
+def test_other_base_fingerprint_is_refused_unless_overridden(
+    make_sp, tiny: BaseModel, tiny64: BaseModel
+) -> None:
     sp = make_sp(base_model_name="tiny-random", base_fingerprint=tiny.fingerprint)
     sp.check_compatible(tiny)
     with pytest.raises(AdapterMismatchError, match="allow_base_mismatch"):

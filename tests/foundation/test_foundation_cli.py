@@ -33,7 +33,9 @@ def test_models_info_prints_name_fingerprint_and_shape(tiny: BaseModel) -> None:
 
 def test_adapters_list_show_promote_rollback(make_sp, tiny: BaseModel) -> None:
     store = AdapterStore()
-    v1 = store.save(make_sp(seed=1, base_model_name="tiny-random", base_fingerprint=tiny.fingerprint), "acme/bot")
+    v1 = store.save(
+        make_sp(seed=1, base_model_name="tiny-random", base_fingerprint=tiny.fingerprint), "acme/bot"
+    )
     v2 = store.save(make_sp(seed=2, parent_hash=v1.hash), "acme/bot")
     rows = run_json("adapters", "list")
     assert [(r["name"], r["version"], r["hash"], r["latest"]) for r in rows] == [
@@ -41,7 +43,9 @@ def test_adapters_list_show_promote_rollback(make_sp, tiny: BaseModel) -> None:
         ("acme/bot", 2, v2.hash, True),
     ]
     (shown,) = run_json("adapters", "show", "acme/bot@1")
-    assert shown["hash"] == v1.hash and shown["base_fingerprint"] == tiny.fingerprint and shown["version"] == 1
+    assert (
+        shown["hash"] == v1.hash and shown["base_fingerprint"] == tiny.fingerprint and shown["version"] == 1
+    )
     (state,) = run_json("adapters", "promote", "acme/bot@1", "acme/bot@prod", "--tenant", "acme")
     assert state["adapter_hash"] == v1.hash and state["tenant"] == "acme"
     (state,) = run_json("adapters", "promote", v2.hash12, "acme/bot@prod", "--canary", "25")
@@ -52,7 +56,13 @@ def test_adapters_list_show_promote_rollback(make_sp, tiny: BaseModel) -> None:
     history = run_json("adapters", "deployments", "--history", "acme/bot@prod")
     assert [h["action"] for h in history] == ["promote", "canary", "rollback"]
     (verified,) = run_json("adapters", "verify", "acme/bot@1", "--base", "tiny-random")
-    assert verified == {"ref": "acme/bot@1", "name": "acme/bot", "version": 1, "hash": v1.hash, "status": "ok"}
+    assert verified == {
+        "ref": "acme/bot@1",
+        "name": "acme/bot",
+        "version": 1,
+        "hash": v1.hash,
+        "status": "ok",
+    }
     code, out, _ = run("adapters", "list")  # the human table
     assert code == 0 and v1.hash12 in out
 
@@ -64,7 +74,9 @@ def test_import_and_export_peft_round_trip(make_sp, tiny: BaseModel, tmp_path: P
     export_peft(sp, tmp_path / "peft", tiny)
     (row,) = run_json("adapters", "import-peft", str(tmp_path / "peft"), "--name", "imported")
     assert row["hash"] == sp.hash and row["name"] == "imported" and row["version"] == 1
-    code, out, _ = run("adapters", "export-peft", "imported", str(tmp_path / "again"), "--base", "tiny-random")
+    code, out, _ = run(
+        "adapters", "export-peft", "imported", str(tmp_path / "again"), "--base", "tiny-random"
+    )
     assert code == 0 and out.strip() == str(tmp_path / "again")
     assert (tmp_path / "again" / "adapter_model.safetensors").is_file()
 
@@ -101,7 +113,9 @@ def _change_hash(directory: Path) -> None:
     ],
     ids=["corrupt-safetensors", "manifest-missing-field", "hash-mismatch"],
 )
-def test_damaged_artifacts_fail_verify_with_one_sentence(make_sp, tmp_path: Path, damage, needle: str) -> None:
+def test_damaged_artifacts_fail_verify_with_one_sentence(
+    make_sp, tmp_path: Path, damage, needle: str
+) -> None:
     directory = make_sp().save(tmp_path / "a")
     damage(directory)
     code, out, err = run("adapters", "verify", str(directory))
@@ -136,3 +150,15 @@ def test_unsupported_peft_type_fails_import(tmp_path: Path) -> None:
     (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
     code, _, err = run("adapters", "import-peft", str(tmp_path), "--name", "x")
     assert code == 1 and "PEFT 'LORA' adapter" in err and err.strip().count("\n") == 0
+
+
+def test_verify_without_refs_checks_the_whole_store(make_sp) -> None:
+    store = AdapterStore()
+    good = store.save(make_sp(seed=1), "good")
+    bad = store.save(make_sp(seed=2), "bad")
+    assert [r["status"] for r in run_json("adapters", "verify")] == ["ok", "ok"]
+    _truncate(store.object_dir(bad.hash))
+    code, out, err = run("adapters", "verify", "--json")
+    rows = {r["ref"]: r["status"] for r in json.loads(out)}
+    assert code == 1 and "1 of 2 adapters failed verification" in err
+    assert rows[good.hash] == "ok" and "does not match the digest" in rows[bad.hash]

@@ -18,7 +18,13 @@ from trace_ptune.models import tiny as tiny_preset
 
 
 def test_tiny_random_has_the_documented_shape_and_is_frozen(tiny: BaseModel) -> None:
-    assert (tiny.hidden_size, tiny.num_layers, tiny.num_heads, tiny.num_kv_heads, tiny.head_dim) == (64, 2, 4, 2, 16)
+    assert (tiny.hidden_size, tiny.num_layers, tiny.num_heads, tiny.num_kv_heads, tiny.head_dim) == (
+        64,
+        2,
+        4,
+        2,
+        16,
+    )
     assert tiny.vocab_size == 512 and len(tiny.tokenizer) <= 512
     assert tiny.name == "tiny-random" and tiny.fingerprint.startswith("sha256:")
     assert not any(p.requires_grad for p in tiny.model.parameters())
@@ -33,7 +39,9 @@ def test_tiny_tokenizer_round_trips_text_and_has_a_chat_template(tiny: BaseModel
     assert max(ids) < 512
     assert tiny.tokenizer.decode(ids) == text
     assert len(ids) < len(text.encode())  # merges are in use
-    chat = tiny.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    chat = tiny.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
     assert chat == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
 
 
@@ -58,8 +66,14 @@ def test_fingerprint_is_identical_in_another_process_building_from_scratch(
         "sp = SoftPrompt('prompt_tuning', 3, 64, embeddings=torch.randn(3, 64, generator=g))\n"
         "print(json.dumps([b.fingerprint, model_fingerprint(b.model, b.tokenizer), sp.hash]))\n"
     )
-    env = {**os.environ, "TRACE_PTUNE_MODEL_CACHE": str(tmp_path / "fresh"), "TRACE_PTUNE_HOME": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True)
+    env = {
+        **os.environ,
+        "TRACE_PTUNE_MODEL_CACHE": str(tmp_path / "fresh"),
+        "TRACE_PTUNE_HOME": str(tmp_path),
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True
+    )
     cached, computed, adapter_hash = json.loads(out.stdout.strip().splitlines()[-1])
     assert cached == computed == tiny.fingerprint
     assert adapter_hash == make_sp().hash
@@ -108,11 +122,13 @@ def test_bad_model_specs_give_one_clear_sentence(spec: str, needle: str) -> None
 
 
 def test_directory_without_config_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ModelLoadError, match="has no config.json"):
+    with pytest.raises(ModelLoadError, match=r"has no config\.json"):
         load_model(str(tmp_path))
 
 
-def test_unreachable_hub_fails_fast_with_a_clear_message(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_unreachable_hub_fails_fast_with_a_clear_message(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(ModelLoadError, match="Hub is unreachable"):

@@ -78,7 +78,9 @@ def test_ambiguous_hash_prefix_is_refused(make_sp) -> None:
 def test_concurrent_saves_under_one_name_get_distinct_versions(make_sp) -> None:
     store = AdapterStore()
     prompts = [make_sp(seed=i) for i in range(6)]
-    threads = [threading.Thread(target=lambda sp=sp: AdapterStore(store.root).save(sp, "shared")) for sp in prompts]
+    threads = [
+        threading.Thread(target=lambda sp=sp: AdapterStore(store.root).save(sp, "shared")) for sp in prompts
+    ]
     for t in threads:
         t.start()
     for t in threads:

@@ -110,12 +110,42 @@ def test_nothing_configured_warns_once_and_exports_nothing(caplog):
     assert len([r for r in caplog.records if "No OTLP endpoint" in r.getMessage()]) == 1
 
 
-def test_a_live_local_collector_named_by_the_side_file_is_used():
+def test_a_live_local_collector_named_by_the_side_file_gets_the_spans_and_its_token(monkeypatch):
+    import http.server
+    import threading
+
+    received: list[tuple[str, str | None]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((self.path, self.headers.get("authorization")))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
     side = paths.collector_side_file(paths.default_db())
     side.parent.mkdir(parents=True, exist_ok=True)
-    side.write_text(json.dumps({"pid": os.getpid(), "otlp_http": "http://127.0.0.1:14318"}))
-    assert telemetry.configure(**_explicit()).endpoint == "http://127.0.0.1:14318"
-    side.write_text(json.dumps({"pid": 2**22 + 12345, "otlp_http": "http://127.0.0.1:14318"}))  # dead pid
+    # the format trace_ptune.collector.server writes
+    side.write_text(json.dumps({"urls": {"http": url, "grpc": "http://127.0.0.1:1"}, "pid": os.getpid()}))
+    monkeypatch.setenv("TRACE_PTUNE_TOKEN", "s3cret")
+    try:
+        providers = _explicit()
+        result = telemetry.configure(**providers)
+        assert result.endpoint == url
+        providers["tracer_provider"].get_tracer("t").start_span("s").end()
+        assert result.force_flush()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert received == [("/v1/traces", "Bearer s3cret")]
+    side.write_text(json.dumps({"urls": {"http": url}, "pid": 2**22 + 12345}))  # a dead collector
     assert telemetry.configure(**_explicit()).endpoint is None
 
 

@@ -82,7 +82,7 @@ def _otel_providers(url: str):  # type: ignore[no-untyped-def]
 
 
 def test_end_to_end_from_the_otel_sdk_through_a_real_collector(tmp_path: Path) -> None:
-    traffic: Traffic = default_traffic(seed=7, no_change_streams=10, neutral_swaps=4)
+    traffic: Traffic = default_traffic(seed=7, no_change_streams=5, neutral_swaps=2)
     total_scores = sum(len(r.scores) for r in traffic.requests)
     with running_collector(tmp_path / "e2e.duckdb") as collector:
         url = collector.urls["http"]

@@ -27,6 +27,9 @@ KEYS = {"sk-acme": "acme", "sk-globex": "globex"}
 
 @pytest.fixture(scope="session")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BaseModel]:
+    # One intra-op thread: on two shared cores, more threads spin against the server's own
+    # threads and make every decode step an order of magnitude slower.
+    torch.set_num_threads(1)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TRACE_PTUNE_MODEL_CACHE", str(tmp_path_factory.mktemp("server-models")))
         mp.setenv("TRACE_PTUNE_HOME", str(tmp_path_factory.mktemp("server-home")))

@@ -69,7 +69,7 @@ def utc_now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-@dataclass
+@dataclass(eq=False)
 class SoftPrompt:
     """Learned virtual tokens for ``prompt_tuning``, ``prefix_tuning`` or ``p_tuning``, plus provenance."""
 
@@ -92,7 +92,6 @@ class SoftPrompt:
     created_at: str | None = None
     train_dataset_hash: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
-    _hash_cache: tuple[Any, str] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.method not in semconv.METHODS:
@@ -139,13 +138,12 @@ class SoftPrompt:
 
     @property
     def hash(self) -> str:
-        """``sha256:<64 hex>``: see :mod:`trace_ptune.adapters.hashing` for the exact bytes."""
-        tensor = self.serving_tensor()
-        # Recomputed only when the tensor object or its in-place version counter changes.
-        key = (id(tensor), tensor._version, tensor.dtype, tuple(tensor.shape), str(self._hash_config()))
-        if self._hash_cache is None or self._hash_cache[0] != key:
-            self._hash_cache = (key, hashing.adapter_hash(self.method, tensor, **self._hash_config()))
-        return self._hash_cache[1]
+        """``sha256:<64 hex>``: see :mod:`trace_ptune.adapters.hashing` for the exact bytes.
+
+        Computed from the tensor each time (tens of microseconds for a typical prompt), so it can
+        never go stale while a trainer updates the tensor in place; read it once per use.
+        """
+        return hashing.adapter_hash(self.method, self.serving_tensor(), **self._hash_config())
 
     @property
     def hash12(self) -> str:
@@ -158,7 +156,6 @@ class SoftPrompt:
     def to(self, dtype: Any = None, device: Any = None) -> SoftPrompt:
         """A copy with tensors cast/moved (the hash is unchanged by exact casts such as bf16 -> fp32)."""
         other = copy.copy(self)
-        other._hash_cache = None
         cast = lambda t: None if t is None else t.to(device=device, dtype=dtype)  # noqa: E731
         other.embeddings = cast(self.embeddings)
         other.prefix_kv = cast(self.prefix_kv)

@@ -361,7 +361,9 @@ class AdapterStore:
             restored = dict(history.pop())
             restored.update(updated_at=utc_now(), action="rollback", history=history)
             data["deployments"][deployment] = restored
-            data["log"].setdefault(deployment, []).append({k: v for k, v in restored.items() if k != "history"})
+            data["log"].setdefault(deployment, []).append(
+                {k: v for k, v in restored.items() if k != "history"}
+            )
             data["counter"] += 1
             atomic_write_json(self._deployments_file, data)
         new_hash = restored.get("canary_hash") or restored["adapter_hash"]

@@ -91,18 +91,34 @@ def verify(
 ) -> None:
     """Re-hash adapters and check their files (REFS: store references or artifact directories; default: all)."""
     from trace_ptune.adapters.artifact import SoftPrompt
+    from trace_ptune.errors import TracePtuneError
 
     store = _store(ctx)
     base = _load_base(base_spec) if base_spec else None
     targets = list(refs) or sorted({row["hash"] for row in store.list()})
-    rows = []
-    for ref in targets:
+
+    def check(ref: str) -> dict[str, Any]:
         path = Path(ref)
         sp = SoftPrompt.load(path) if path.is_dir() else store.resolve(ref)
         if base is not None:
             sp.check_compatible(base, allow_base_mismatch=allow_base_mismatch)
-        rows.append({"ref": ref, "name": sp.name, "version": sp.version, "hash": sp.hash, "status": "ok"})
+        return {"ref": ref, "name": sp.name, "version": sp.version, "hash": sp.hash, "status": "ok"}
+
+    if len(targets) == 1:  # one adapter: its error is the message
+        rows = [check(targets[0])]
+    else:
+        rows = []
+        for ref in targets:
+            try:
+                rows.append(check(ref))
+            except TracePtuneError as exc:
+                rows.append({"ref": ref, "name": None, "version": None, "hash": None, "status": str(exc)})
     emit(rows, fmt, columns=("ref", "name", "version", "hash", "status"), title="verified")
+    failed = sum(row["status"] != "ok" for row in rows)
+    if failed:
+        raise click.ClickException(
+            f"{failed} of {len(rows)} adapters failed verification; see the status column."
+        )
 
 
 @adapters.command("import-peft")

@@ -9,6 +9,7 @@ See docs/serving.md for the endpoints, the ``model`` field, tenants and rollouts
 from __future__ import annotations
 
 import logging
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,12 @@ logger = logging.getLogger(__name__)
 @click.option("--memory-budget-mb", type=float, default=1024.0, show_default=True, help="Loaded adapters + cached prefixes.")
 @click.option("--allow-base-mismatch", is_flag=True, help="Serve adapters trained on another fingerprint.")
 @click.option("--capture-content", is_flag=True, help="Put prompt and completion text on the spans.")
+@click.option(
+    "--torch-threads",
+    type=click.IntRange(1),
+    default=None,
+    help="Intra-op threads for the model (default: torch's choice; 1 is best on small shared machines).",
+)
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"]))
 @handle_errors
 def serve(
@@ -72,6 +79,7 @@ def serve(
     memory_budget_mb: float,
     allow_base_mismatch: bool,
     capture_content: bool,
+    torch_threads: int | None,
     log_level: str,
 ) -> None:
     """Serve soft prompts over an OpenAI-compatible HTTP API (SIGTERM drains and exits)."""
@@ -83,6 +91,10 @@ def serve(
     from trace_ptune.runtime.server import ApiKeys, create_app
 
     keys = ApiKeys.load(api_keys_file) if api_keys_file is not None else None
+    if torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(torch_threads)
     telemetry = _configure_telemetry()
     base = load_model(model_spec, dtype=dtype)
     adapter_store = AdapterStore(store)
@@ -102,7 +114,7 @@ def serve(
         batch_wait_ms=batch_wait_ms,
         scheduling=scheduling,
         canary_seed=canary_seed,
-        on_shutdown=telemetry.shutdown if telemetry is not None else None,
+        on_shutdown=telemetry.force_flush if telemetry is not None else None,
     )
     tenants = f", {len(keys)} API keys" if keys is not None else ""
     click.echo(
@@ -111,8 +123,15 @@ def serve(
         err=True,
     )
     # uvicorn handles SIGINT/SIGTERM: stop accepting, finish open requests, then the app's
-    # lifespan shutdown drains the scheduler and flushes telemetry.
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=120)
+    # lifespan shutdown drains the scheduler and flushes telemetry. Afterwards uvicorn raises
+    # the signal again; these handlers turn that into a clean exit (status 0) after the drain.
+    received: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: received.append(signum))
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=120)
+    uvicorn.Server(config).run()
+    if received:
+        click.echo(f"stopped on {signal.Signals(received[0]).name}: in-flight requests finished", err=True)
 
 
 def _configure_telemetry() -> Any:

@@ -209,6 +209,7 @@ class Store:
         self._qlock = threading.Lock()
         self._gate = _ReadGate()
         self._pending: dict[str, float] = {}  # scored SpanId -> expiry (monotonic)
+        self._adapters: dict[str, list] = {}  # what the adapters table holds, to skip no-op upserts
         self._load_pending()
         self._last_retention = 0.0
         self._closed = False
@@ -342,6 +343,7 @@ class Store:
         try:
             self._write(writes)
         except Exception as exc:
+            self._adapters.clear()  # the cache may be ahead of the rolled-back table
             with contextlib.suppress(duckdb.Error):
                 self._con.execute("ROLLBACK")
             if len(writes) > 1:
@@ -386,14 +388,36 @@ class Store:
         con.execute("BEGIN TRANSACTION")
         for name, rows in tables.items():
             insert_rows(con, name, rows)
-        if adapters:
-            _upsert_adapters(con, list(adapters.values()))
+        changed = self._adapter_changes(adapters)
+        if changed:
+            _upsert_adapters(con, changed)
         spans = tables.get(semconv.TABLE_SPANS)
         if missing:
             self._fill_new_evaluations(missing, tables[semconv.TABLE_EVALUATIONS])
         if spans and self._pending:
             self._fill_waiting_evaluations(spans)
         con.execute("COMMIT")
+
+    def _adapter_changes(self, adapters: dict[str, list]) -> list[list]:
+        """Adapter records that add something to what is stored (new identity fields, a wider
+        seen window); ``last_seen`` moving by less than a second is not worth a write."""
+        known = self._adapters
+        out = []
+        for h, rec in adapters.items():
+            cur = known.get(h)
+            if (
+                cur is None
+                or any(cur[i] is None and rec[i] is not None for i in range(1, 8))
+                or rec[8] < cur[8]
+                or rec[9] - cur[9] >= 1_000_000
+            ):
+                out.append(rec)
+                merged = list(rec) if cur is None else cur
+                if cur is not None:
+                    _merge_adapter(known, h, rec)
+                else:
+                    known[h] = merged
+        return out
 
     # ------------------------------------------------------------ evaluation back-fill
 

@@ -74,4 +74,3 @@ def convert(gguf_path: Path, target: Path) -> None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     tokenizer.save_pretrained(target)
-

@@ -62,37 +62,27 @@ def traces(
         score_params.append(metric)
     having = []
     if min_score is not None:
-        having.append("sc.min_score >= ?")
+        having.append("min(score_value) >= ?")
     if max_score is not None:
-        having.append("sc.min_score <= ?")
+        having.append("min(score_value) <= ?")
     filter_params = [v for v in (min_score, max_score) if v is not None]
-    sql = f"""
-    WITH gen AS (
-        SELECT TraceId, Timestamp, Duration, StatusCode, adapter_hash, adapter_name, adapter_version,
-               tenant, deployment, coalesce(traffic, '{semconv.TRAFFIC_PRODUCTION}') AS traffic
-        FROM {semconv.TABLE_SPANS} WHERE {" AND ".join(where)}
-    ),
-    t AS (
-        SELECT TraceId, epoch_us(min(Timestamp)) AS start, count(*) AS generations,
-               max(Duration) AS duration_ns, bool_or(StatusCode = 'Error') AS error,
-               any_value(adapter_hash) AS adapter_hash, any_value(adapter_name) AS adapter_name,
-               any_value(adapter_version) AS adapter_version, any_value(tenant) AS tenant,
-               any_value(deployment) AS deployment, any_value(traffic) AS traffic
-        FROM gen GROUP BY TraceId
-    ),
-    sc AS (
-        SELECT TraceId, min(score_value) AS min_score, avg(score_value) AS mean_score, count(*) AS scores
-        FROM {semconv.TABLE_EVALUATIONS}
-        WHERE {score_where} AND TraceId IN (SELECT TraceId FROM t)
-        GROUP BY TraceId
-    )
-    SELECT t.*, sc.min_score, sc.mean_score, coalesce(sc.scores, 0) AS scores
-    FROM t LEFT JOIN sc USING (TraceId)
-    {"WHERE " + " AND ".join(having) if having else ""}
-    ORDER BY t.start DESC, t.TraceId
-    LIMIT {int(limit)}
-    """
-    rows = source.dicts(sql, [*params, *score_params, *filter_params])
+    if having:
+        # score filters first: they look at the (smaller) evaluations table
+        window = None
+        cand = f"""SELECT TraceId FROM {semconv.TABLE_EVALUATIONS} WHERE {score_where}
+                   GROUP BY TraceId HAVING {" AND ".join(having)}"""
+        cand_params = [*score_params, *filter_params]
+    else:
+        # the newest generation spans name the candidate traces: no full GROUP BY over all spans
+        window = int(limit) * 50
+        cand = (
+            f"SELECT DISTINCT TraceId FROM (SELECT TraceId FROM gen ORDER BY Timestamp DESC LIMIT {window})"
+        )
+        cand_params = []
+    rows = source.dicts(_traces_sql(where, cand, score_where, limit), [*params, *cand_params, *score_params])
+    if window is not None and len(rows) < limit:  # traces with many generations: aggregate them all
+        cand = "SELECT DISTINCT TraceId FROM gen"
+        rows = source.dicts(_traces_sql(where, cand, score_where, limit), [*params, *score_params])
     out = []
     for r in rows:
         out.append(
@@ -114,6 +104,35 @@ def traces(
             }
         )
     return out
+
+
+def _traces_sql(where: list[str], cand: str, score_where: str, limit: int) -> str:
+    return f"""
+    WITH gen AS NOT MATERIALIZED (
+        SELECT TraceId, Timestamp, Duration, StatusCode, adapter_hash, adapter_name, adapter_version,
+               tenant, deployment, coalesce(traffic, '{semconv.TRAFFIC_PRODUCTION}') AS traffic
+        FROM {semconv.TABLE_SPANS} WHERE {" AND ".join(where)}
+    ),
+    cand AS ({cand}),
+    t AS (
+        SELECT TraceId, epoch_us(min(Timestamp)) AS start, epoch_us(max(Timestamp)) AS last,
+               count(*) AS generations, max(Duration) AS duration_ns, bool_or(StatusCode = 'Error') AS error,
+               any_value(adapter_hash) AS adapter_hash, any_value(adapter_name) AS adapter_name,
+               any_value(adapter_version) AS adapter_version, any_value(tenant) AS tenant,
+               any_value(deployment) AS deployment, any_value(traffic) AS traffic
+        FROM gen WHERE TraceId IN (SELECT TraceId FROM cand) GROUP BY TraceId
+    ),
+    sc AS (
+        SELECT TraceId, min(score_value) AS min_score, avg(score_value) AS mean_score, count(*) AS scores
+        FROM {semconv.TABLE_EVALUATIONS}
+        WHERE {score_where} AND TraceId IN (SELECT TraceId FROM t)
+        GROUP BY TraceId
+    )
+    SELECT t.*, sc.min_score, sc.mean_score, coalesce(sc.scores, 0) AS scores
+    FROM t LEFT JOIN sc USING (TraceId)
+    ORDER BY t.last DESC, t.TraceId
+    LIMIT {int(limit)}
+    """
 
 
 def trace(source: Source, trace_id: str) -> list[dict[str, Any]]:

@@ -246,34 +246,28 @@ def prefix_cache(prefix: Tensor) -> Any:
     return DynamicCache(ddp_cache_data=[(prefix[:, i, 0], prefix[:, i, 1]) for i in range(prefix.shape[1])])
 
 
-def decoder_hidden(
-    model: Any, method: str, prompts: Tensor, input_ids: Tensor, attention_mask: Tensor
-) -> Tensor:
+def decoder_hidden(model: Any, method: str, prompts: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
     """Last hidden states ``(B, P + T, H)`` of the base decoder with a soft prompt in front.
 
     ``prompts`` is per row: ``(B, n, H)`` for embedding methods or ``(B, L, 2, KV, n, D)`` for
     prefix tuning (``P = 0`` then: the prefix lives in the cache and has no hidden states).
-    Rows are right-padded, so positions are ``0..`` for the whole (prompt + text) sequence.
+    Rows are right-padded, so positions are ``0..`` for the whole (prompt + text) sequence and
+    the causal mask alone is exact for every real token (a pad only ever follows the text):
+    no padding mask is passed, which lets attention take its causal fast path. Pad positions
+    produce values nobody reads.
     """
     B, T = input_ids.shape
     tok = model.get_input_embeddings()(input_ids)  # (B, T, H)
     if method == semconv.METHOD_PREFIX_TUNING:
         n = prompts.shape[4]
-        mask = torch.cat([attention_mask.new_ones((B, n)), attention_mask], dim=1)
         positions = torch.arange(n, n + T, device=input_ids.device).unsqueeze(0).expand(B, T)
-        out = model.model(
-            inputs_embeds=tok,
-            attention_mask=mask,
-            position_ids=positions,
-            cache=prefix_cache(prompts),
-            use_cache=True,
-        )
+        cache = prefix_cache(prompts.to(tok.dtype))
+        out = model.model(inputs_embeds=tok, position_ids=positions, cache=cache, use_cache=True)
         return out.last_hidden_state
     n = prompts.shape[1]
     embeds = torch.cat([prompts.to(tok.dtype), tok], dim=1)  # (B, n + T, H)
-    mask = torch.cat([attention_mask.new_ones((B, n)), attention_mask], dim=1)
     positions = torch.arange(n + T, device=input_ids.device).unsqueeze(0).expand(B, n + T)
-    out = model.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False)
+    out = model.model(inputs_embeds=embeds, position_ids=positions, use_cache=False)
     return out.last_hidden_state
 
 

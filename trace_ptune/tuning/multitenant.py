@@ -24,6 +24,8 @@ from trace_ptune.tuning.config import TrainConfig
 from trace_ptune.tuning.trainer import Plan, TrainResult, run_training
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
+
     from trace_ptune.models import BaseModel
 
 __all__ = ["tenant_plan", "train_multitenant"]
@@ -35,13 +37,14 @@ def train_multitenant(
     *,
     tenant_field: str = "tenant",
     batches: Plan | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> TrainResult:
     """Train one soft prompt per value of ``tenant_field`` in the training rows.
 
     ``result.soft_prompts`` maps tenant -> stored adapter (``NAME/TENANT@version``);
     ``result.soft_prompt`` is the first tenant's.
     """
-    return run_training(config, base, tenant_field=tenant_field, batches=batches)
+    return run_training(config, base, tenant_field=tenant_field, batches=batches, tracer_provider=tracer_provider)
 
 
 def tenant_plan(

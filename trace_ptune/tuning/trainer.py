@@ -43,6 +43,8 @@ from trace_ptune.tuning.methods import (
 )
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
+
     from trace_ptune.adapters.artifact import SoftPrompt
     from trace_ptune.models import BaseModel
 
@@ -83,17 +85,33 @@ class TrainResult:
 # ---------------------------------------------------------------- public entry points
 
 
-def train(config: TrainConfig, base: BaseModel | None = None, *, batches: Plan | None = None) -> TrainResult:
-    """Train one soft prompt. ``batches`` (advanced) replaces the shuffled data order with an
-    explicit plan of optimizer steps, each a list of micro-batches of row indices."""
-    return run_training(config, base, tenant_field=None, batches=batches)
+def train(
+    config: TrainConfig,
+    base: BaseModel | None = None,
+    *,
+    batches: Plan | None = None,
+    tracer_provider: TracerProvider | None = None,
+) -> TrainResult:
+    """Train one soft prompt on ``base`` (loaded from ``config.model`` when not given).
+
+    ``batches`` (advanced) replaces the shuffled data order with an explicit plan of optimizer
+    steps, each a list of micro-batches of row indices. Spans go to ``tracer_provider``, else
+    to the global provider.
+    """
+    return run_training(config, base, tenant_field=None, batches=batches, tracer_provider=tracer_provider)
 
 
 def run_training(
-    config: TrainConfig, base: BaseModel | None, *, tenant_field: str | None, batches: Plan | None
+    config: TrainConfig,
+    base: BaseModel | None,
+    *,
+    tenant_field: str | None,
+    batches: Plan | None,
+    tracer_provider: TracerProvider | None = None,
 ) -> TrainResult:
     """The shared entry of single- and multi-tenant runs."""
-    return _Trainer(config, base, tenant_field=tenant_field, batches=batches).run()
+    trainer = _Trainer(config, base, tenant_field=tenant_field, batches=batches, tracer_provider=tracer_provider)
+    return trainer.run()
 
 
 # ---------------------------------------------------------------- distributed
@@ -152,7 +170,13 @@ def _plan_epoch(n_rows: int, epoch: int, seed: int, global_batch: int, grad_accu
 
 class _Trainer:
     def __init__(
-        self, config: TrainConfig, base: BaseModel | None, *, tenant_field: str | None, batches: Plan | None
+        self,
+        config: TrainConfig,
+        base: BaseModel | None,
+        *,
+        tenant_field: str | None,
+        batches: Plan | None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         self.resume_from: Path | None = None
         self.saved: dict[str, Any] | None = None
@@ -168,7 +192,7 @@ class _Trainer:
         self.base_arg = base
         self.tenant_field = tenant_field
         self.explicit_plan = batches
-        self.tracer = get_tracer()
+        self.tracer = get_tracer(tracer_provider)
 
     # ------------------------------------------------------------ setup
 
@@ -332,6 +356,7 @@ class _Trainer:
         self.best_step: int | None = None
         self.evals_since_best = 0
         self.history: list[float] = []
+        self.step_seconds: list[float] = []
         self.tokens_seen = 0
         self.last_eval: list[EvalResult | None] = [None] * len(self.tenants)
         if self.saved:
@@ -408,6 +433,7 @@ class _Trainer:
                         )
                 self.step += 1
                 self.history.append(loss)
+                self.step_seconds.append(elapsed)
                 self.tokens_seen += tokens
                 progress.update(loss=loss, tps=tps)
                 last = self.step == len(plan)
@@ -707,6 +733,7 @@ class _Trainer:
             "best_step": self.best_step,
             "stopped_early": stopped_early,
             "loss_history": list(self.history),
+            "step_seconds": list(self.step_seconds),  # this process's steps (not restored on resume)
         }
         for k, ev in enumerate(self.last_eval):
             if ev is None:

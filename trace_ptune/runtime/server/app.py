@@ -174,6 +174,7 @@ async def _health(request: Request) -> Response:
             "steps": state.scheduler.steps,
             "rows": state.scheduler.rows,
             "max_rows_in_a_step": state.scheduler.max_rows_seen,
+            "step_seconds": round(state.scheduler.step_seconds, 3),
             "scheduling": state.scheduler.mode,
             "uptime_s": round(time.time() - state.started_at, 3),
         },

@@ -100,6 +100,7 @@ class Scheduler:
         self.steps = 0
         self.rows = 0
         self.max_rows_seen = 0
+        self.step_seconds = 0.0  # time inside engine.step
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -179,6 +180,7 @@ class Scheduler:
             admit(work)
         self.batches += 1
         while not state.done:
+            t0 = time.perf_counter()
             try:
                 events = engine.step(state)
             except Exception as exc:
@@ -190,6 +192,7 @@ class Scheduler:
                         self._fail(work, exc)
                 return
             self.steps += 1
+            self.step_seconds += time.perf_counter() - t0
             self.max_rows_seen = max(self.max_rows_seen, state.active)
             self._dispatch(events, owners, remaining)
             if self.mode == "iteration":

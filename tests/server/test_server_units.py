@@ -1,0 +1,117 @@
+"""Key files, tenancy rules, request validation and the canary bucket, without a server."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from trace_ptune.errors import ConfigError
+from trace_ptune.runtime.server import openai_schema as oa
+from trace_ptune.runtime.server.auth import (
+    ApiKeys,
+    check_access,
+    deployment_owner,
+    parse_api_keys,
+    request_tenant,
+)
+from trace_ptune.runtime.server.routing import canary_bucket
+
+
+def test_key_files_parse_as_json_or_lines(tmp_path):
+    assert parse_api_keys('{"k1": "acme", "k2": "globex"}') == {"k1": "acme", "k2": "globex"}
+    assert parse_api_keys('{"keys": [{"key": "k1", "tenant": "acme"}]}') == {"k1": "acme"}
+    assert parse_api_keys("# comment\nk1 acme\n\nk2   globex  # trailing\n") == {"k1": "acme", "k2": "globex"}
+    path = tmp_path / "keys.txt"
+    path.write_text("sk-1 acme\n")
+    keys = ApiKeys.load(path)
+    assert keys.tenant_for("sk-1") == "acme" and keys.tenant_for("sk-2") is None and len(keys) == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("k1 acme extra\n", "line 1"),
+        ("k1\n", "line 1"),
+        ("k1 acme\nk1 globex\n", "line 2"),
+        ("k1 bad/tenant\n", "bad/tenant"),
+        ("{not json", "not valid JSON"),
+        ('["k1"]', "must map keys to tenants"),
+        ('{"k1": 3}', "Bad tenant 3"),
+    ],
+)
+def test_bad_key_files_name_the_problem(text, fragment):
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        parse_api_keys(text, source="keys.txt")
+
+
+def test_an_empty_or_missing_key_file_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="no keys"):
+        ApiKeys({})
+    with pytest.raises(ConfigError, match="Cannot read"):
+        ApiKeys.load(tmp_path / "missing")
+
+
+def test_tenant_comes_from_the_key_when_keys_are_on():
+    keys = ApiKeys({"sk-acme": "acme"})
+    assert request_tenant({"authorization": "Bearer sk-acme", "x-tenant": "globex"}, keys, None) == "acme"
+    with pytest.raises(oa.RequestError) as err:
+        request_tenant({"x-tenant": "acme"}, keys, None)
+    assert err.value.status == 401
+    assert request_tenant({"x-tenant": "acme"}, None, None) == "acme"
+    assert request_tenant({}, None, None) is None
+
+
+def test_ownership_rules():
+    assert deployment_owner("acme/support@prod", None) == "acme"
+    assert deployment_owner("acme/support@prod", {"tenant": "globex"}) == "globex"
+    assert deployment_owner("support@prod", {"tenant": None}) is None
+    check_access("acme", "acme", "x", enforce=True)
+    check_access("acme", "globex", "x", enforce=False)
+    for owner in ("globex", None):
+        with pytest.raises(oa.RequestError) as err:
+            check_access("acme", owner, "deployment 'x'", enforce=True)
+        assert err.value.status == 403
+
+
+def test_request_validation_defaults_and_refusals():
+    parsed = oa.parse_request({"model": " m ", "prompt": ["a", "b"], "stop": "x", "n": 2}, "completion")
+    assert (parsed.model, parsed.prompts, parsed.stop, parsed.num_choices) == ("m", ["a", "b"], ("x",), 4)
+    assert (parsed.max_tokens, parsed.temperature, parsed.top_p, parsed.stream) == (16, 1.0, 1.0, False)
+    chat = oa.parse_request(
+        {"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+         "max_completion_tokens": 5},  # fmt: skip
+        "chat",
+    )
+    assert chat.prompts == [[{"role": "user", "content": "hi"}]] and chat.max_tokens == 5
+    for body, param in [
+        ({"model": "m", "prompt": "a", "temperature": True}, "temperature"),
+        ({"model": "m", "prompt": "a", "seed": 1.5}, "seed"),
+        ({"model": "m", "prompt": "a", "stream": "yes"}, "stream"),
+        ({"model": "m", "prompt": "a", "best_of": 3}, "best_of"),
+        ({"model": "m", "prompt": "a", "echo": True}, "echo"),
+        ({"model": "m", "prompt": ""}, None),
+    ]:
+        if param is None:
+            oa.parse_request(body, "completion")  # an empty prompt is the engine's call
+            continue
+        with pytest.raises(oa.RequestError) as err:
+            oa.parse_request(body, "completion")
+        assert err.value.status == 400 and err.value.param == param
+    with pytest.raises(oa.RequestError):
+        oa.parse_json_body(b"")
+
+
+def test_sse_framing():
+    assert oa.sse({"a": 1}) == b'data: {"a":1}\n\n'
+    assert oa.SSE_DONE == b"data: [DONE]\n\n"
+    assert json.loads(oa.sse({"x": "é"})[6:]) == {"x": "é"}
+
+
+def test_canary_bucket_is_stable_and_spread():
+    assert canary_bucket("abc") == canary_bucket("abc")
+    buckets = [canary_bucket(f"r{i}") for i in range(2000)]
+    assert all(0 <= b < 100 for b in buckets)
+    share = sum(b < 10 for b in buckets) / len(buckets)
+    assert 0.07 < share < 0.13
