@@ -5,7 +5,7 @@ Usage::
     python bench/bench_query.py                 # 10M spans, 1M evaluations
     python bench/bench_query.py --spans 1000000 --evaluations 100000 --db /tmp/q.duckdb
 
-The database is generated with SQL inside DuckDB (seconds, not minutes): every second span is a
+The database is built with SQL inside DuckDB (seconds, not minutes): every second span is a
 ``ptune.generate`` call span, the other its ``text_completion`` child; one in five generations
 carries a score. 300 streams (30 tenants x 10 deployments), three metrics; every tenth stream
 swaps to a worse adapter half-way, every tenth (offset 1) changes its base model under the same

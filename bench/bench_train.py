@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _rows(n: int) -> list[dict[str, str]]:
     """Long inputs (truncated to ``seq`` tokens by the encoder) with short targets."""
-    words = "the cat sat on the mat while a dog ran in the sun and the day was long".split()
+    words = ("the", "cat", "sat", "on", "the", "mat", "while", "a", "dog", "ran", "in", "the", "sun", "and")
     rows = []
     for i in range(n):
         text = " ".join(words[(i + j) % len(words)] for j in range(120))

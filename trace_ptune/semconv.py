@@ -148,11 +148,8 @@ ENV_HOME: Final = "TRACE_PTUNE_HOME"
 ENV_COLLECTOR: Final = "TRACE_PTUNE_COLLECTOR"
 ENV_TOKEN: Final = "TRACE_PTUNE_TOKEN"
 
-# ---------------------------------------------------------------- rollout (appended: foundation)
+# ---------------------------------------------------------------- rollout
 PTUNE_ROLLOUT_ACTION: Final = "ptune.rollout.action"  # promote | canary | rollback
 
-# ---------------------------------------------------------------- errors (appended: runtime)
+# ---------------------------------------------------------------- errors (OTel general semantic conventions)
 ERROR_TYPE: Final = "error.type"  # OTel general semconv: class of the error a span ended with
-
-# ---------------------------------------------------------------- general OTel attributes (appended)
-ERROR_TYPE: Final = "error.type"  # OTel general semconv: class of the error that ended an operation

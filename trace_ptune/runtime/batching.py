@@ -69,14 +69,19 @@ def build_prefix_cache(
     mask = torch.zeros(batch, longest, dtype=torch.long, device=device)
     if longest == 0:
         return DynamicCache(), mask
-    # (layers, 2, B, kv_heads, P, head_dim), zero on padding
-    stacked = torch.zeros(num_layers, 2, batch, kv_heads, longest, head_dim, dtype=dtype, device=device)
-    for row, prefix in enumerate(prefixes):
-        if prefix is None:
-            continue
-        n = prefix.shape[3]
-        stacked[:, :, row, :, longest - n :, :] = prefix
-        mask[row, longest - n :] = 1
+    if all(p is not None and p.shape[3] == longest for p in prefixes):
+        # no padding needed (e.g. every row on one adapter): one stack, no per-row copies
+        stacked = torch.stack(prefixes, dim=2).to(dtype)  # type: ignore[arg-type]
+        mask.fill_(1)
+    else:
+        # (layers, 2, B, kv_heads, P, head_dim), zero on padding
+        stacked = torch.zeros(num_layers, 2, batch, kv_heads, longest, head_dim, dtype=dtype, device=device)
+        for row, prefix in enumerate(prefixes):
+            if prefix is None:
+                continue
+            n = prefix.shape[3]
+            stacked[:, :, row, :, longest - n :, :] = prefix
+            mask[row, longest - n :] = 1
     return _cache([(stacked[i, 0], stacked[i, 1]) for i in range(num_layers)]), mask
 
 

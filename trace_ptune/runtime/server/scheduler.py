@@ -161,11 +161,16 @@ class Scheduler:
 
     def _run_batch(self, works: list[Work]) -> None:
         engine = self.engine
-        state = engine.start(stream=True)
+        # Text is decoded every step only while some request streams: others get it once at
+        # the end. A streaming request joining later switches the batch over, which is safe:
+        # the engine then decodes each row's whole text and sends what was not sent yet.
+        state = engine.start(stream=any(w.stream for w in works))
         owners: dict[int, tuple[Work, int]] = {}
         remaining: dict[int, int] = {}  # id(work) -> rows not finished
 
         def admit(work: Work) -> None:
+            if work.stream:
+                state.stream = True
             try:
                 ids = engine.add(state, work.requests, parent=work.parent)
             except Exception as exc:  # the engine refuses rows itself; this is a defect guard
