@@ -235,7 +235,8 @@ def anchor_main(args: argparse.Namespace) -> None:
             )
             with lock:
                 cur = con.cursor()
-                cur.execute("INSERT INTO spans SELECT * FROM tbl")
+                cur.register("batch", tbl)
+                cur.execute("INSERT INTO spans SELECT * FROM batch")
                 cur.close()
             self.send_response(200)
             self.send_header("Content-Type", "application/x-protobuf")

@@ -231,3 +231,11 @@ def test_token_id_prompts_run_as_given(base64):
     assert result.token_ids == reference_greedy(base64, engine.registry.resolve("prefix6").adapter, ids, 4)
     bad = engine.generate([GenerationRequest([1, 512], max_new_tokens=2)])[0]
     assert bad.error_type == "GenerationError" and "512" in bad.error
+
+
+def test_one_adapter_for_every_row_with_different_prompt_lengths(base64):
+    adapters = _adapters(base64)
+    engine = _engine(base64, adapters)
+    results = engine.generate([GenerationRequest(p, adapter="prefix3", max_new_tokens=4) for p in PROMPTS])
+    for prompt, result in zip(PROMPTS, results, strict=True):
+        assert result.token_ids == reference_greedy(base64, adapters["prefix3"], engine.encode(prompt), 4)

@@ -115,3 +115,43 @@ def test_canary_bucket_is_stable_and_spread():
     assert all(0 <= b < 100 for b in buckets)
     share = sum(b < 10 for b in buckets) / len(buckets)
     assert 0.07 < share < 0.13
+
+
+def test_a_streaming_request_joins_a_running_batch_at_the_next_step(base, fleet):
+    import asyncio
+
+    from trace_ptune.runtime import Engine, GenerationRequest
+    from trace_ptune.runtime.server.scheduler import Delta, Done, Scheduler, Work
+
+    engine = Engine(base, store=fleet.store)
+    scheduler = Scheduler(engine, batch_wait_ms=0, mode="iteration")
+    scheduler.start()
+    long = GenerationRequest("the cat sat", adapter=fleet.acme_v1, max_new_tokens=40)
+    late = GenerationRequest("hello world", adapter=fleet.globex, max_new_tokens=12)
+    expected = engine.generate([GenerationRequest("hello world", adapter=fleet.globex, max_new_tokens=12)])[0]
+
+    async def run() -> tuple[str, str]:
+        loop = asyncio.get_running_loop()
+        first = Work([long], parent=None, loop=loop)
+        scheduler.submit(first)
+        while scheduler.steps < 3:
+            await asyncio.sleep(0.001)
+        joined = Work([late], parent=None, loop=loop, stream=True)
+        scheduler.submit(joined)
+        streamed, final = "", None
+        while final is None:
+            for item in await joined.events.get():
+                if isinstance(item, Delta):
+                    streamed += item.text
+                elif isinstance(item, Done):
+                    final = item.result
+        while not any(isinstance(i, Done) for i in await first.events.get()):
+            pass
+        return streamed, final.text
+
+    try:
+        streamed, text = asyncio.run(run())
+    finally:
+        scheduler.stop(30)
+    assert streamed == text == expected.text
+    assert scheduler.batches == 1  # the late request joined the running batch

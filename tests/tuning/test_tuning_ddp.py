@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from trace_ptune.adapters.store import AdapterStore
@@ -20,6 +21,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.multiprocess
 def test_two_rank_ddp_equals_one_process_with_the_global_batch(tiny64, toy_data, tmp_path) -> None:
     train_path, _ = toy_data
     common = ["--model", "tiny-random", "--data", str(train_path), "--virtual-tokens", "4", "--steps", "3",
