@@ -113,14 +113,19 @@ def hand_span(tracer: Any, attrs: dict[str, Any], fn: Callable[[], Any]) -> Any:
 # ---------------------------------------------------------------- timing
 
 
-def per_call_us(fn: Callable[[], Any], n: int) -> float:
-    start = time.perf_counter()
+def per_call_us(fn: Callable[[], Any], n: int, clock: Callable[[], float] = time.perf_counter) -> float:
+    start = clock()
     for _ in range(n):
         fn()
-    return (time.perf_counter() - start) / n * 1e6
+    return (clock() - start) / n * 1e6
 
 
-def interleaved(variants: dict[str, Callable[[], Any]], rounds: int, calls: int) -> dict[str, float]:
+def interleaved(
+    variants: dict[str, Callable[[], Any]],
+    rounds: int,
+    calls: int,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, float]:
     """Median over rounds of the mean µs per call; variants alternate within each round."""
     samples: dict[str, list[float]] = {k: [] for k in variants}
     for fn in variants.values():
@@ -130,7 +135,7 @@ def interleaved(variants: dict[str, Callable[[], Any]], rounds: int, calls: int)
         if r % 2:
             order.reverse()
         for name, fn in order:
-            samples[name].append(per_call_us(fn, calls))
+            samples[name].append(per_call_us(fn, calls, clock))
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
@@ -139,6 +144,8 @@ def interleaved(variants: dict[str, Callable[[], Any]], rounds: int, calls: int)
 
 def isolated(base: Any, peft_model: Any, quick: bool) -> dict[str, float]:
     """Telemetry alone: the model call is a stub returning a precomputed output."""
+    from opentelemetry.metrics import NoOpMeterProvider
+
     from trace_ptune.instrumentation import peft as ptune_peft
     from trace_ptune.instrumentation.transformers import _GenerateWrapper
     from trace_ptune.telemetry import get_meter, get_tracer
@@ -168,14 +175,25 @@ def isolated(base: Any, peft_model: Any, quick: bool) -> dict[str, float]:
             lambda *a, **k: wrapper(stub, base.model, (), dict(kwargs)), peft_model, (), {}
         )
 
+    no_metrics = _GenerateWrapper(tracer, get_meter(NoOpMeterProvider()), capture_content=False)
+
+    def ours_no_metrics() -> None:
+        no_metrics(stub, base.model, (), dict(kwargs))
+
+    variants = {
+        "stub": nothing,
+        "bare_span_15_attrs": bare_span,
+        "ours_plain": ours_plain,
+        "ours_plain_spans_only": ours_no_metrics,
+        "ours_peft": ours_peft,
+    }
     n = 500 if quick else 2000
-    result = interleaved(
-        {"stub": nothing, "bare_span_15_attrs": bare_span, "ours_plain": ours_plain, "ours_peft": ours_peft},
-        rounds=5 if quick else 9,
-        calls=n,
-    )
-    stub_cost = result.pop("stub")
-    return {k: round(v - stub_cost, 1) for k, v in result.items()}
+    out: dict[str, Any] = {}
+    for label, clock in (("wall", time.perf_counter), ("cpu", time.thread_time)):
+        result = interleaved(variants, rounds=5 if quick else 9, calls=n, clock=clock)
+        stub_cost = result.pop("stub")
+        out[label] = {k: round(v - stub_cost, 1) for k, v in result.items()}
+    return out
 
 
 def in_situ(base: Any, peft_model: Any, quick: bool) -> dict[str, float]:
@@ -408,12 +426,13 @@ def main() -> None:
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")
-    iso = summary["isolated_us"]
-    print(
-        f"isolated: bare 15-attr span {iso['bare_span_15_attrs']} µs, ours {iso['ours_plain']} µs "
-        f"(+{iso['ours_plain'] - iso['bare_span_15_attrs']:.1f}), ours+PEFT {iso['ours_peft']} µs",
-        file=sys.stderr,
-    )
+    for label, iso in summary["isolated_us"].items():
+        print(
+            f"isolated ({label}): bare 15-attr span {iso['bare_span_15_attrs']} µs, ours {iso['ours_plain']} µs "
+            f"(+{iso['ours_plain'] - iso['bare_span_15_attrs']:.1f}; spans only {iso['ours_plain_spans_only']}), "
+            f"ours+PEFT {iso['ours_peft']} µs",
+            file=sys.stderr,
+        )
 
 
 if __name__ == "__main__":

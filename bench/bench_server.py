@@ -29,6 +29,7 @@ import asyncio
 import json
 import os
 import platform
+import signal
 import socket
 import statistics
 import subprocess
@@ -206,7 +207,9 @@ async def _load(url: str, bodies: list[dict[str, Any]], clients: int) -> dict[st
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="tiny-random")
     parser.add_argument("--requests", type=int, default=256, help="requests per run (at 32 clients)")
     parser.add_argument("--single-client-requests", type=int, default=None, help="requests at 1 client")
@@ -217,6 +220,8 @@ def main() -> None:
     parser.add_argument("--batch-wait-ms", type=float, default=5.0)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    # a SIGTERM to the benchmark still stops its server subprocesses (their __exit__ runs)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(1))
 
     import torch
 
@@ -247,9 +252,17 @@ def main() -> None:
         with Server(args.model, env, args.torch_threads, scheduling=mode, max_batch_size=batch,
                     batch_wait_ms=args.batch_wait_ms) as server:  # fmt: skip
             for clients in clients_list if batch > 1 else [max(clients_list)]:
-                n = args.single_client_requests if clients == 1 and args.single_client_requests else args.requests
+                n = (
+                    args.single_client_requests
+                    if clients == 1 and args.single_client_requests
+                    else args.requests
+                )
                 result = asyncio.run(_load(server.url, bodies[:n], clients))
-                result.update(mode=mode, max_batch_size=batch, vs_offline=result["tokens_per_s"] / anchor["tokens_per_s"])
+                result.update(
+                    mode=mode,
+                    max_batch_size=batch,
+                    vs_offline=result["tokens_per_s"] / anchor["tokens_per_s"],
+                )
                 runs.append(result)
                 print(
                     f"{mode:9s} batch {batch:2d} clients {clients:2d}: {result['tokens_per_s']:8.1f} tok/s "

@@ -103,7 +103,8 @@ def run_ours(args: argparse.Namespace, base: Any, data: Path, tracer_provider: A
 
     run_dir = tempfile.mkdtemp(dir=args.workdir)
     result = train(_config(args, data, run_dir), base, batches=_plan(args), tracer_provider=tracer_provider)
-    return {"losses": result.metrics["loss_history"], "step_s": result.metrics["step_seconds"]}
+    m = result.metrics
+    return {"losses": m["loss_history"], "step_s": m["step_seconds"], "step_cpu_s": m["step_cpu_seconds"]}
 
 
 class Peft:
@@ -137,17 +138,18 @@ class Peft:
         with torch.no_grad():
             self.model.prompt_encoder["default"].embedding.weight.copy_(self.init)
         opt = torch.optim.AdamW(self.params, lr=self.args.lr, weight_decay=0.0)
-        losses, times = [], []
+        losses, times, cpu = [], [], []
         for ids, mask, labels in self.batches:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             out = self.model(input_ids=ids, attention_mask=mask, labels=labels)
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(self.params, 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
             losses.append(float(out.loss))
-        return {"losses": losses, "step_s": times}
+        return {"losses": losses, "step_s": times, "step_cpu_s": cpu}
 
 
 # ---------------------------------------------------------------- workers
@@ -250,9 +252,9 @@ def _spawn(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _step_ms(runs: list[dict[str, Any]]) -> float:
+def _step_ms(runs: list[dict[str, Any]], key: str = "step_s") -> float:
     """Median step time over every run, each run's first step excluded (warm-up)."""
-    times = [t for r in runs for t in (r["step_s"][1:] if len(r["step_s"]) > 1 else r["step_s"])]
+    times = [t for r in runs for t in (r[key][1:] if len(r[key]) > 1 else r[key])]
     return statistics.median(times) * 1000
 
 
@@ -298,6 +300,9 @@ def main() -> None:
         "peft_step_ms": peft_ms,
         "ours_step_ms": ours_ms,
         "step_time_ratio": ours_ms / peft_ms,
+        "peft_step_cpu_ms": _step_ms(timing["peft"], "step_cpu_s"),
+        "ours_step_cpu_ms": _step_ms(timing["ours"], "step_cpu_s"),
+        "step_cpu_ratio": _step_ms(timing["ours"], "step_cpu_s") / _step_ms(timing["peft"], "step_cpu_s"),
         "peft_process_peak_rss_mb": mem_peft["process_peak_rss_mb"],
         "ours_process_peak_rss_mb": mem_ours["process_peak_rss_mb"],
         "process_peak_rss_ratio": mem_ours["process_peak_rss_mb"] / mem_peft["process_peak_rss_mb"],
@@ -313,6 +318,8 @@ def main() -> None:
         "losses_peft": peft["losses"],
         "traced_step_ms": traced_ms,
         "traced_vs_untraced": traced_ms / ours_ms,
+        "traced_vs_untraced_cpu": _step_ms(timing["ours_traced"], "step_cpu_s")
+        / _step_ms(timing["ours"], "step_cpu_s"),
         "step_span_cost_us": cost,
         "span_overhead_fraction": cost / 1000 / ours_ms,
     }

@@ -65,3 +65,7 @@ class QueryError(TracePtuneError):
 
 class EvalError(TracePtuneError):
     """An evaluation failed: a scorer raised or returned a bad value, or results do not line up."""
+
+
+class DemoError(TracePtuneError):
+    """The end-to-end demo could not complete a step (collector, training, serving, query)."""

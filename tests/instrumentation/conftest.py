@@ -74,6 +74,7 @@ def by_name(exporter: Any, prefix: str) -> list[Any]:
 # ---------------------------------------------------------------- opentelemetry-instrument run
 
 AUTO_RUN = pytest.StashKey[Any]()
+AUTO_DIR = pytest.StashKey[Any]()
 AUTO_SCRIPT = """
 import torch
 from peft import PromptTuningConfig, TaskType, get_peft_model
@@ -112,6 +113,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         OTEL_SERVICE_NAME="auto-test",
         TRACE_PTUNE_HOME=str(script.parent),
     )
+    config.stash[AUTO_DIR] = script.parent
     config.stash[AUTO_RUN] = subprocess.Popen(
         [launcher, sys.executable, str(script)],
         env=env,
@@ -126,3 +128,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if proc is not None and proc.poll() is None:
         proc.kill()
         proc.wait()
+    directory = config.stash.get(AUTO_DIR, None)
+    if directory is not None:
+        import shutil
+
+        shutil.rmtree(directory, ignore_errors=True)

@@ -145,3 +145,44 @@ def test_adapter_of_the_wrong_shape_is_refused(base64):
     )  # fmt: skip
     with pytest.raises(AdapterMismatchError):
         Engine(base64, store=object()).register(wrong)
+
+
+def test_deployment_canary_routes_a_stable_share_by_request_id(base64, tmp_path):
+    store = AdapterStore(tmp_path / "store")
+    primary = store.save(make_adapter(base64, semconv.METHOD_PROMPT_TUNING, 2, seed=1), "bot")
+    canary = store.save(make_adapter(base64, semconv.METHOD_PROMPT_TUNING, 2, seed=2), "bot")
+    store.promote("bot@1", "bot@prod")
+    store.promote("bot@2", "bot@prod", canary_percent=30)
+    engine = Engine(base64, store=store)
+    requests = [
+        GenerationRequest(PROMPT, deployment="bot@prod", request_id=f"req-{i}", max_new_tokens=1)
+        for i in range(60)
+    ]
+    first = [r.adapter_hash for r in engine.generate(requests)]
+    second = [r.adapter_hash for r in engine.generate(requests)]
+    assert first == second  # the same request id always lands on the same side
+    assert set(first) == {primary.hash, canary.hash}
+    assert 5 <= first.count(canary.hash) <= 35
+
+
+def test_engine_is_safe_to_call_from_several_threads(base64):
+    import threading
+
+    engine = Engine(base64, store=object())
+    sp = make_adapter(base64, semconv.METHOD_PREFIX_TUNING, 3, seed=1, name="t")
+    engine.register(sp)
+    expected = reference_greedy(base64, sp, engine.encode(PROMPT), 4)
+    outputs: list[list[int]] = []
+
+    def worker() -> None:
+        for _ in range(3):
+            outputs.append(
+                engine.generate([GenerationRequest(PROMPT, adapter="t", max_new_tokens=4)])[0].token_ids
+            )
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert outputs == [expected] * 9

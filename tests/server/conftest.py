@@ -134,4 +134,3 @@ def server(start_server: StartServer) -> ServerThread:
 @pytest.fixture(scope="module")
 def keyed_server(start_server: StartServer) -> ServerThread:
     return start_server(keys=KEYS, batch_wait_ms=1)
-

@@ -16,8 +16,12 @@ PROMPTS = ["hello world", "the cat sat on the mat and then", "a", "tell me a sto
 def _mixed_requests(fleet: Any) -> list[dict[str, Any]]:
     models = ["tiny-random", "acme/support@prod", "globex/faq@prod", "acme/support@2", fleet.globex[7:21]]
     return [
-        {"model": models[i % len(models)], "prompt": PROMPTS[i % len(PROMPTS)] + " " * (i // 5),
-         "max_tokens": 6 + i % 3, "temperature": 0}  # fmt: skip
+        {
+            "model": models[i % len(models)],
+            "prompt": PROMPTS[i % len(PROMPTS)] + " " * (i // 5),
+            "max_tokens": 6 + i % 3,
+            "temperature": 0,
+        }
         for i in range(10)
     ]
 
@@ -97,7 +101,10 @@ def test_streamed_chunks_concatenate_to_the_full_text(server):
         message = full_chat["choices"][0]["message"]
         assert message["role"] == "assistant"
         events = _sse_events(
-            client.post("/v1/chat/completions", json={**chat, "stream": True, "stream_options": {"include_usage": True}})
+            client.post(
+                "/v1/chat/completions",
+                json={**chat, "stream": True, "stream_options": {"include_usage": True}},
+            )
         )
         chunks = [e for e in events if e != "[DONE]"]
         assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
@@ -143,7 +150,9 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(server):
     ]
     with server.client() as client:
         for raw, status, param in cases:
-            response = client.post("/v1/completions", content=raw, headers={"content-type": "application/json"})
+            response = client.post(
+                "/v1/completions", content=raw, headers={"content-type": "application/json"}
+            )
             assert response.status_code == status, (raw[:60], response.text)
             error = response.json()["error"]
             assert error["message"] and error["param"] == param
@@ -151,7 +160,9 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(server):
                 assert json.loads(raw)["model"] in error["message"]
         response = client.post("/v1/chat/completions", json={"model": "tiny-random", "messages": []})
         assert response.status_code == 400
-        response = client.post("/v1/chat/completions", json={"model": "tiny-random", "messages": [{"role": "x"}]})
+        response = client.post(
+            "/v1/chat/completions", json={"model": "tiny-random", "messages": [{"role": "x"}]}
+        )
         assert response.status_code == 400
         response = client.post("/v1/nope", json=good)
         assert response.status_code == 404 and "error" in response.json()

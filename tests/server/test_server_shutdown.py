@@ -25,7 +25,9 @@ def test_sigterm_finishes_in_flight_requests_then_exits(tmp_path, tmp_home):
     port = _free_port()
     command = [sys.executable, "-m", "trace_ptune.cli.main", "serve", "--model", "tiny-random",
                "--port", str(port), "--api-keys", str(keys), "--torch-threads", "1", "--log-level", "warning"]  # fmt: skip
-    proc = subprocess.Popen(command, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        command, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
@@ -44,7 +46,9 @@ def test_sigterm_finishes_in_flight_requests_then_exits(tmp_path, tmp_home):
         assert httpx.post(f"{url}/v1/completions", json=body).status_code == 401
         outcome: dict[str, httpx.Response] = {}
         thread = threading.Thread(
-            target=lambda: outcome.setdefault("r", httpx.post(f"{url}/v1/completions", json=body, headers=auth, timeout=120))
+            target=lambda: outcome.setdefault(
+                "r", httpx.post(f"{url}/v1/completions", json=body, headers=auth, timeout=120)
+            )
         )
         thread.start()
         while httpx.get(f"{url}/health").json()["inflight"] == 0:

@@ -34,7 +34,12 @@ def test_api_keys_map_to_tenants_and_tenants_use_only_their_deployments(keyed_se
             assert "acme" in denied.json()["error"]["message"]
         # the deployment's tenant recorded at promote wins over the name; the name prefix is the fallback
         globex = {"Authorization": "Bearer sk-globex"}
-        assert client.post("/v1/completions", json={**body, "model": "globex/faq@prod"}, headers=globex).status_code == 200
+        assert (
+            client.post(
+                "/v1/completions", json={**body, "model": "globex/faq@prod"}, headers=globex
+            ).status_code
+            == 200
+        )
         assert client.post("/v1/completions", json=body, headers=globex).status_code == 403
         shared = {**body, "model": "shared/bot@prod"}
         assert client.post("/v1/completions", json=shared, headers=acme).status_code == 403
@@ -62,7 +67,9 @@ def test_without_keys_the_tenant_comes_from_header_or_baggage(server, spans):
         propagate.inject(carrier, context=baggage.set_baggage(semconv.PTUNE_TENANT, "initech"))
         assert client.post("/v1/completions", json=body, headers=carrier).status_code == 200
         assert client.post("/v1/completions", json=body).status_code == 200
-        assert client.post("/v1/completions", json=body, headers={"X-Tenant": "bad tenant!"}).status_code == 400
+        assert (
+            client.post("/v1/completions", json=body, headers={"X-Tenant": "bad tenant!"}).status_code == 400
+        )
     got = [s.attributes.get(semconv.PTUNE_TENANT) for s in _generation_spans(spans)]
     assert got == ["acme", "initech", None]
 

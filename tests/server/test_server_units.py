@@ -80,8 +80,11 @@ def test_request_validation_defaults_and_refusals():
     assert (parsed.model, parsed.prompts, parsed.stop, parsed.num_choices) == ("m", ["a", "b"], ("x",), 4)
     assert (parsed.max_tokens, parsed.temperature, parsed.top_p, parsed.stream) == (16, 1.0, 1.0, False)
     chat = oa.parse_request(
-        {"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
-         "max_completion_tokens": 5},  # fmt: skip
+        {
+            "model": "m",
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+            "max_completion_tokens": 5,
+        },
         "chat",
     )
     assert chat.prompts == [[{"role": "user", "content": "hi"}]] and chat.max_tokens == 5
@@ -126,7 +129,7 @@ def test_a_streaming_request_joins_a_running_batch_at_the_next_step(base, fleet)
     engine = Engine(base, store=fleet.store)
     scheduler = Scheduler(engine, batch_wait_ms=0, mode="iteration")
     scheduler.start()
-    long = GenerationRequest("the cat sat", adapter=fleet.acme_v1, max_new_tokens=40)
+    long = GenerationRequest("the cat sat", adapter=fleet.acme_v1, max_new_tokens=120)
     late = GenerationRequest("hello world", adapter=fleet.globex, max_new_tokens=12)
     expected = engine.generate([GenerationRequest("hello world", adapter=fleet.globex, max_new_tokens=12)])[0]
 
@@ -155,3 +158,42 @@ def test_a_streaming_request_joins_a_running_batch_at_the_next_step(base, fleet)
         scheduler.stop(30)
     assert streamed == text == expected.text
     assert scheduler.batches == 1  # the late request joined the running batch
+
+
+def test_a_failed_decode_step_fails_its_batch_and_the_scheduler_goes_on(base, fleet):
+    import asyncio
+
+    from trace_ptune.runtime import Engine, GenerationRequest
+    from trace_ptune.runtime.server.app import _result_error
+    from trace_ptune.runtime.server.scheduler import Done, Scheduler, Work
+
+    engine = Engine(base, store=fleet.store)
+    real_step, calls = engine.step, []
+
+    def flaky_step(state):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("device fell over")
+        return real_step(state)
+
+    engine.step = flaky_step
+    scheduler = Scheduler(engine, batch_wait_ms=0)
+    scheduler.start()
+
+    async def one() -> object:
+        work = Work([GenerationRequest("hello", adapter=fleet.acme_v1, max_new_tokens=4)], None, asyncio.get_running_loop())
+        scheduler.submit(work)
+        while True:
+            for item in await work.events.get():
+                if isinstance(item, Done):
+                    return item.result
+
+    try:
+        failed = asyncio.run(one())
+        ok = asyncio.run(one())
+    finally:
+        scheduler.stop(30)
+    assert failed.error and "device fell over" in failed.error
+    assert _result_error(failed).status == 500
+    assert ok.error is None and ok.output_tokens > 0
+    assert scheduler.inflight == 0

@@ -52,7 +52,7 @@ def test_two_rank_ddp_equals_one_process_with_the_global_batch(tiny64, toy_data,
             lr=0.05,
             quiet=True,
             batch_size=8,
-        ),  # fmt: skip
+        ),
         tiny64,
     )
     assert torch.allclose(ddp.embeddings, single.soft_prompt.embeddings, atol=1e-10)

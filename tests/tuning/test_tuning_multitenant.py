@@ -83,3 +83,11 @@ def test_multitenant_prefix_tuning_gives_each_tenant_an_adapter(tiny, tmp_path, 
     assert {sp.name for sp in result.soft_prompts.values()} == {"mtp/acme", "mtp/globex"}
     evals_spans = [s for s in spans.get_finished_spans() if s.name == semconv.SPAN_EVAL]
     assert {s.attributes[semconv.PTUNE_TENANT] for s in evals_spans} == {"acme", "globex"}
+    (run,) = [s for s in spans.get_finished_spans() if s.name == semconv.SPAN_TRAIN]
+    assert semconv.PTUNE_ADAPTER_HASH not in run.attributes
+    ckpts = {
+        s.attributes[semconv.PTUNE_TENANT]: s.attributes[semconv.PTUNE_ADAPTER_HASH]
+        for s in spans.get_finished_spans()
+        if s.name == semconv.SPAN_CHECKPOINT
+    }
+    assert ckpts == {t: sp.hash for t, sp in result.soft_prompts.items()}

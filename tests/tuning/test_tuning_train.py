@@ -147,3 +147,24 @@ def test_continuing_from_an_adapter_records_it_as_parent(tiny, toy_data) -> None
     second = train(_cfg(train_path, steps=2, parent="toy@1", name="toy-next"), tiny)
     assert second.soft_prompt.parent_hash == first.adapter_hash
     assert AdapterStore().resolve("toy-next@1").parent_hash == first.adapter_hash
+
+
+def test_early_stopping_and_extra_scorers(tiny, toy_data, spans) -> None:
+    train_path, eval_path = toy_data
+    cfg = _cfg(
+        train_path, eval=str(eval_path), steps=10, lr=1e-6, eval_every=1, patience=2, best_metric="exact_match",
+        scorers=["f1"],
+    )  # fmt: skip
+    result = train(cfg, tiny)
+    # exact match cannot improve at this learning rate: best at the first eval, then two more evals.
+    assert (
+        result.metrics["steps"] == 3 and result.metrics["stopped_early"] and result.metrics["best_step"] == 1
+    )
+    assert "eval_f1" in result.metrics
+    names = {
+        e.attributes[semconv.GEN_AI_EVALUATION_NAME]
+        for s in spans.get_finished_spans()
+        if s.name == semconv.SPAN_EVAL
+        for e in s.events
+    }
+    assert names == {"loss", "exact_match", "f1"}

@@ -21,9 +21,13 @@ logger = logging.getLogger(__name__)
 
 
 @click.command()
-@click.option("--model", "-m", "model_spec", required=True, help="Base model: preset, directory, .gguf or hub id.")
+@click.option(
+    "--model", "-m", "model_spec", required=True, help="Base model: preset, directory, .gguf or hub id."
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="Port (0: any free one).")
+@click.option(
+    "--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="Port (0: any free one)."
+)
 @click.option(
     "--api-keys",
     "api_keys_file",
@@ -31,7 +35,9 @@ logger = logging.getLogger(__name__)
     default=None,
     help="File mapping API keys to tenants (JSON or 'KEY TENANT' lines); turns tenancy checks on.",
 )
-@click.option("--max-batch-size", default=32, show_default=True, type=click.IntRange(1), help="Rows decoding together.")
+@click.option(
+    "--max-batch-size", default=32, show_default=True, type=click.IntRange(1), help="Rows decoding together."
+)
 @click.option(
     "--batch-wait-ms",
     default=5.0,
@@ -53,8 +59,19 @@ logger = logging.getLogger(__name__)
     default=None,
     help="Adapter store root (default: $TRACE_PTUNE_HOME/adapters).",
 )
-@click.option("--canary-seed", type=int, default=None, help="Pick canary traffic at random from this seed (default: by request id).")
-@click.option("--memory-budget-mb", type=float, default=1024.0, show_default=True, help="Loaded adapters + cached prefixes.")
+@click.option(
+    "--canary-seed",
+    type=int,
+    default=None,
+    help="Pick canary traffic at random from this seed (default: by request id).",
+)
+@click.option(
+    "--memory-budget-mb",
+    type=float,
+    default=1024.0,
+    show_default=True,
+    help="Loaded adapters + cached prefixes.",
+)
 @click.option("--allow-base-mismatch", is_flag=True, help="Serve adapters trained on another fingerprint.")
 @click.option("--capture-content", is_flag=True, help="Put prompt and completion text on the spans.")
 @click.option(
@@ -63,7 +80,9 @@ logger = logging.getLogger(__name__)
     default=None,
     help="Intra-op threads for the model (default: torch's choice; 1 is best on small shared machines).",
 )
-@click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option(
+    "--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"])
+)
 @handle_errors
 def serve(
     model_spec: str,

@@ -70,7 +70,18 @@ logger = logging.getLogger(__name__)
 @click.option("--chat-template", is_flag=True, help="Wrap each input in the model's chat template.")
 @click.option("--eval-every", type=int, help="Steps between evaluations (default: every epoch).")
 @click.option("--eval-max-new-tokens", type=int, default=16, show_default=True)
-@click.option("--best-metric", type=click.Choice(["loss", "exact_match"]), default="loss", show_default=True)
+@click.option(
+    "--scorer",
+    "scorers",
+    multiple=True,
+    help="Extra eval scorer (repeatable): f1, contains, rouge_l, label_accuracy(labels=a|b), module:function.",
+)
+@click.option(
+    "--best-metric",
+    default="loss",
+    show_default=True,
+    help="Metric that picks the best checkpoint: loss, exact_match or a scorer.",
+)
 @click.option("--patience", type=int, help="Stop after this many evaluations without improvement.")
 @click.option(
     "--leakage",
@@ -120,6 +131,7 @@ def train(
     from trace_ptune.tuning.trainer import run_training
 
     telemetry = _configure_telemetry()
+    options["scorers"] = list(options["scorers"])
     config = TrainConfig(eval=eval_, max_grad_norm=max_grad_norm or None, **options)
     try:
         result = run_training(config, None, tenant_field=tenant_field, batches=None)

@@ -46,8 +46,7 @@ _REJECTED_FIELD = {
 _ID_KEYS = frozenset({"traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id"})
 
 
-class BadPayload(CollectorError):
-    """The request body is not a valid OTLP message (HTTP 400, gRPC INVALID_ARGUMENT)."""
+BadPayload = otlp.MalformedPayload  # HTTP 400, gRPC INVALID_ARGUMENT
 
 
 @dataclass
@@ -121,11 +120,18 @@ class _Converters:
         self.lock = threading.Lock()
 
     def convert(self, signal: str, msg: Any) -> otlp.Batch:
+        """A parsed request message as a frozen batch."""
         if signal == "spans":
-            return self.traces.convert(msg)
+            return self.traces.convert(msg).freeze()
         if signal == "metrics":
-            return otlp.convert_metrics(msg)
-        return otlp.convert_logs(msg)
+            return otlp.convert_metrics(msg).freeze()
+        return otlp.convert_logs(msg).freeze()
+
+    def convert_body(self, signal: str, body: bytes, fmt: str) -> otlp.Batch:
+        """An encoded request as a frozen batch (protobuf spans take the projection fast path)."""
+        if signal == "spans" and fmt == "proto":
+            return self.traces.convert_bytes(body).freeze()
+        return self.convert(signal, decode(signal, body, fmt))
 
 
 _WORKER: _Converters | None = None
@@ -135,7 +141,7 @@ def _worker_convert(signal: str, body: bytes, fmt: str) -> otlp.Batch:
     global _WORKER
     if _WORKER is None:
         _WORKER = _Converters()
-    return _WORKER.convert(signal, decode(signal, body, fmt))
+    return _WORKER.convert_body(signal, body, fmt)
 
 
 class Ingestor:
@@ -163,7 +169,7 @@ class Ingestor:
             except cf.process.BrokenProcessPool as exc:  # pragma: no cover - worker crashed
                 raise CollectorError(f"a parsing worker died: {exc}") from None
         else:
-            batch = self._conv.convert(signal, decode(signal, body, fmt))
+            batch = self._conv.convert_body(signal, body, fmt)
         return self._store(signal, batch)
 
     def export_message(self, signal: str, msg: Any) -> ExportResult:

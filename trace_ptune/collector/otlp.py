@@ -19,6 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trace_ptune import semconv
+from trace_ptune.errors import CollectorError
+
+try:  # optional: converted batches travel to the writer as Arrow tables
+    import pyarrow as pa
+except ImportError:  # pragma: no cover - exercised only without the collector extra
+    pa = None
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
 
@@ -104,21 +110,27 @@ _EVAL_ATTR_FILL = (
     _A.PTUNE_ADAPTER_HASH, _A.PTUNE_ADAPTER_NAME, _A.PTUNE_DEPLOYMENT, _A.PTUNE_TENANT,
     _A.PTUNE_TRAFFIC, _A.PTUNE_BASE_MODEL_FINGERPRINT,
 )  # fmt: skip
-# Index of each FILL_COLUMNS entry in a span row.
-_SPAN_FILL_IDX = tuple(SPAN_COLUMNS.index(c) for c in FILL_COLUMNS)
-_SPAN_RESPONSE_IDX = SPAN_COLUMNS.index("response_id")
 
 
 @dataclass
 class Batch:
-    """Rows converted from one export request, ready for the writer."""
+    """Rows converted from one export request, ready for the writer.
+
+    Converters fill ``rows`` (row tuples) or ``columns`` (column lists, in table column order);
+    :meth:`freeze` turns both into one Arrow table per table name (``tables``), in the process
+    that converted them, so the writer only concatenates and inserts.
+    """
 
     rows: dict[str, list[tuple]] = field(default_factory=dict)
+    columns: dict[str, tuple[list[Any], int]] = field(default_factory=dict)
+    tables: dict[str, Any] = field(default_factory=dict)  # name -> pyarrow.Table (after freeze)
+    counts: dict[str, int] = field(default_factory=dict)  # name -> rows (after freeze)
     adapters: dict[str, list] = field(default_factory=dict)  # hash -> ADAPTER_COLUMNS values
     accepted: int = 0  # spans / data points / log records accepted
     rejected: int = 0
     error: str = ""  # partial_success message
     missing: set[str] = field(default_factory=set)  # scored SpanIds whose evaluations lack columns
+    eval_min_ts: int | None = None  # earliest evaluation timestamp (µs), after freeze
 
     def table(self, name: str) -> list[tuple]:
         rows = self.rows.get(name)
@@ -126,9 +138,67 @@ class Batch:
             rows = self.rows[name] = []
         return rows
 
+    def add_columns(self, name: str, cols: list[Any], n: int) -> None:
+        self.columns[name] = (cols, n)
+
     @property
     def size(self) -> int:
-        return sum(len(r) for r in self.rows.values())
+        if self.counts:
+            return sum(self.counts.values())
+        return sum(len(r) for r in self.rows.values()) + sum(n for _, n in self.columns.values())
+
+    def freeze(self) -> Batch:
+        """Build the Arrow tables (row tuples when pyarrow is missing); return ``self``."""
+        if self.counts:
+            return self
+        evals = self.rows.get(semconv.TABLE_EVALUATIONS)
+        if evals:
+            self.eval_min_ts = min(r[0] for r in evals)
+        for name, rows in self.rows.items():
+            if rows:
+                self.counts[name] = len(rows)
+                if pa is not None:
+                    self.tables[name] = _arrow_table(name, list(zip(*rows, strict=True)), len(rows))
+        for name, (cols, n) in self.columns.items():
+            if not n:
+                continue
+            self.counts[name] = n
+            if pa is not None:
+                self.tables[name] = _arrow_table(name, cols, n)
+            else:  # pragma: no cover - without pyarrow
+                full = [c.expand() if isinstance(c, _Runs) else c for c in cols]
+                self.table(name).extend(zip(*full, strict=True))
+        if pa is not None:
+            self.rows = {}
+        self.columns = {}
+        return self
+
+
+_ARROW_TYPES: dict[str, Any] = {}
+
+
+def _arrow_type(kind: str) -> Any:
+    if not _ARROW_TYPES:
+        _ARROW_TYPES.update(
+            ts=pa.timestamp("us"), int=pa.int64(), float=pa.float64(), bool=pa.bool_(), text=pa.string()
+        )
+    return _ARROW_TYPES[kind]
+
+
+def _arrow_column(col: Any, typ: Any, n: int) -> Any:
+    if isinstance(col, _Runs):
+        parts = [pa.repeat(pa.scalar(v, type=typ), c) for v, c in col.runs]
+        return parts[0] if len(parts) == 1 else pa.concat_arrays(parts)
+    return pa.array(col, type=typ, size=n)
+
+
+def _arrow_table(name: str, cols: list[Any], n: int) -> Any:
+    kinds = COLUMN_KINDS.get(name, {})
+    names = TABLE_COLUMNS[name]
+    arrays = [
+        _arrow_column(col, _arrow_type(kinds.get(c, "text")), n) for col, c in zip(cols, names, strict=True)
+    ]
+    return pa.Table.from_arrays(arrays, names=list(names))
 
 
 # ---------------------------------------------------------------- values
@@ -161,12 +231,6 @@ def attributes(kvs: Any) -> dict[str, Any]:
         else:
             out[kv.key] = any_value(v) if which else None
     return out
-
-
-def _iso(ns: int) -> str:
-    import datetime as dt
-
-    return (dt.datetime(1970, 1, 1) + dt.timedelta(microseconds=ns // 1000)).isoformat() + "Z"
 
 
 def _num(value: Any) -> float | None:
@@ -211,30 +275,115 @@ class _Resource:
 # ---------------------------------------------------------------- traces
 
 
-class _AttrCache:
-    """Serialized ``KeyValue`` bytes -> (key, raw value, JSON fragment, promoted index, promoted value).
+class MalformedPayload(CollectorError):
+    """The request body is not a valid OTLP message (HTTP 400, gRPC INVALID_ARGUMENT)."""
 
-    Most attribute values repeat across spans (model, adapter hash, tenant, token counts), so a
-    span's attribute JSON is mostly a join of cached fragments: this halves the per-span cost of
-    building a dict and dumping it. Bounded: cleared when it grows past ``limit`` entries.
-    """
 
-    def __init__(self, limit: int = 100_000) -> None:
-        self.map: dict[bytes, tuple] = {}
-        self.limit = limit
+# ---------------------------------------------------------------- the projection
+#
+# Walking upb messages from Python costs ~0.2 µs per attribute (one wrapper object per
+# KeyValue and AnyValue). A protobuf trace request is therefore parsed into a *projection* of
+# the OTLP trace messages: the same field numbers, but ``attributes`` (and links and the
+# resource) declared as ``bytes``. Protobuf's wire format encodes a sub-message and a bytes
+# field identically, so each attribute arrives as its serialized ``KeyValue`` bytes, which are
+# exactly the key of the attribute cache: most attributes repeat across spans, and a hit costs
+# one dict lookup. A miss parses the bytes with the real ``KeyValue`` type, so malformed
+# attributes are still refused.
 
-    def miss(self, kv: Any, raw: bytes) -> tuple:
-        value = _scalar(kv.value)
-        key = kv.key
-        idx = _PROMOTED_INDEX.get(key, -1)
-        conv = None
-        if idx >= 0 and value is not None:
-            conv = _int(value) if key in _INT_PROMOTED else _str(value)
-        entry = (key, value, _dumps(key) + ":" + _dumps(value), idx, conv)
-        if len(self.map) >= self.limit:
-            self.map.clear()
-        self.map[raw] = entry
-        return entry
+_Z16 = bytes(16)
+_Z8 = bytes(8)
+
+
+def _projection() -> Any:
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    fd = descriptor_pb2.FileDescriptorProto(
+        name="trace_ptune/collector/otlp_trace_projection.proto",
+        package="trace_ptune.collector.projection",
+        syntax="proto3",
+    )
+    F = descriptor_pb2.FieldDescriptorProto
+    pkg = ".trace_ptune.collector.projection."
+    messages = {
+        "Request": [("resource_spans", 1, F.TYPE_MESSAGE, True, "ResourceSpans")],
+        "ResourceSpans": [
+            ("resource", 1, F.TYPE_BYTES, False, None),
+            ("scope_spans", 2, F.TYPE_MESSAGE, True, "ScopeSpans"),
+        ],
+        "ScopeSpans": [
+            ("scope", 1, F.TYPE_MESSAGE, False, "Scope"),
+            ("spans", 2, F.TYPE_MESSAGE, True, "Span"),
+        ],
+        "Scope": [("name", 1, F.TYPE_STRING, False, None), ("version", 2, F.TYPE_STRING, False, None)],
+        "Span": [
+            ("trace_id", 1, F.TYPE_BYTES, False, None),
+            ("span_id", 2, F.TYPE_BYTES, False, None),
+            ("trace_state", 3, F.TYPE_STRING, False, None),
+            ("parent_span_id", 4, F.TYPE_BYTES, False, None),
+            ("name", 5, F.TYPE_STRING, False, None),
+            ("kind", 6, F.TYPE_INT32, False, None),
+            ("start_time_unix_nano", 7, F.TYPE_FIXED64, False, None),
+            ("end_time_unix_nano", 8, F.TYPE_FIXED64, False, None),
+            ("attributes", 9, F.TYPE_BYTES, True, None),
+            ("events", 11, F.TYPE_MESSAGE, True, "Event"),
+            ("links", 13, F.TYPE_BYTES, True, None),
+            ("status", 15, F.TYPE_MESSAGE, False, "Status"),
+        ],
+        "Event": [
+            ("time_unix_nano", 1, F.TYPE_FIXED64, False, None),
+            ("name", 2, F.TYPE_STRING, False, None),
+            ("attributes", 3, F.TYPE_BYTES, True, None),
+        ],
+        "Status": [("message", 2, F.TYPE_STRING, False, None), ("code", 3, F.TYPE_INT32, False, None)],
+    }
+    for name, fields in messages.items():
+        m = fd.message_type.add(name=name)
+        for fname, num, ftype, repeated, tname in fields:
+            f = m.field.add(name=fname, number=num, type=ftype)
+            f.label = F.LABEL_REPEATED if repeated else F.LABEL_OPTIONAL
+            if tname:
+                f.type_name = pkg + tname
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fd)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName(pkg[1:] + "Request"))
+
+
+_PROJECTION: Any = None
+
+
+def _parse_projection(body: bytes) -> Any:
+    global _PROJECTION
+    if _PROJECTION is None:
+        _PROJECTION = _projection()
+    from google.protobuf.message import DecodeError
+
+    msg = _PROJECTION()
+    try:
+        msg.ParseFromString(body)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise MalformedPayload(f"the body is not a valid OTLP spans protobuf message: {exc}") from None
+    return msg
+
+
+def _pb(name: str) -> Any:
+    from opentelemetry.proto.common.v1 import common_pb2
+    from opentelemetry.proto.resource.v1 import resource_pb2
+    from opentelemetry.proto.trace.v1 import trace_pb2
+
+    return {
+        "KeyValue": common_pb2.KeyValue,
+        "Resource": resource_pb2.Resource,
+        "Link": trace_pb2.Span.Link,
+    }[name]
+
+
+def _parse_nested(cls_name: str, raw: bytes) -> Any:
+    from google.protobuf.message import DecodeError
+
+    try:
+        return _pb(cls_name).FromString(raw)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise MalformedPayload(f"the body has a malformed OTLP {cls_name}: {exc}") from None
 
 
 # Attributes read while walking a span: the promoted columns, then four extras that are not
@@ -247,6 +396,8 @@ _EXTRAS = (
 )
 _PROMOTED_INDEX = {k: i for i, k in enumerate(_PROMOTED + _EXTRAS)}
 _EVAL_NAME_INDEX = len(_PROMOTED)
+_N_PV = len(_PROMOTED) + len(_EXTRAS)
+_PV_RANGE = range(_N_PV)
 _INT_PROMOTED = _INT_PROMOTED | {semconv.PTUNE_ADAPTER_NUM_VIRTUAL_TOKENS}
 
 
@@ -259,88 +410,191 @@ def _scalar(v: Any) -> Any:
     return any_value(v) if which else None
 
 
+class _AttrCache:
+    """Serialized ``KeyValue`` bytes -> its JSON fragment (``frag``), its promoted column
+    (``prom``: (index, value), promoted keys only) and its (key, value) pair (``kv``).
+
+    Most attribute values repeat across spans (model, adapter hash, tenant, token counts), so a
+    span's attribute JSON is a join of cached fragments, looked up with ``map`` (no Python-level
+    loop per attribute). Bounded: cleared past ``limit`` entries.
+    """
+
+    def __init__(self, limit: int = 200_000) -> None:
+        self.frag: dict[bytes, str] = {}
+        self.prom: dict[bytes, tuple[int, Any]] = {}
+        self.kv: dict[bytes, tuple[str, Any]] = {}
+        self.limit = limit
+
+    def miss(self, raw: bytes) -> str:
+        kv = _parse_nested("KeyValue", raw)
+        value = _scalar(kv.value)
+        key = kv.key
+        if len(self.frag) >= self.limit:
+            self.frag.clear()
+            self.prom.clear()
+            self.kv.clear()
+        idx = _PROMOTED_INDEX.get(key, -1)
+        if idx >= 0 and value is not None:
+            self.prom[raw] = (idx, _int(value) if key in _INT_PROMOTED else _str(value))
+        self.kv[raw] = (key, value)
+        frag = self.frag[raw] = _dumps(key) + ":" + _dumps(value)
+        return frag
+
+    def frags(self, raws: Any) -> list[str]:
+        """JSON fragments of a repeated attribute field (filling the cache on misses)."""
+        out = list(map(self.frag.get, raws))
+        if None in out:
+            out = [f if f is not None else self.miss(r) for f, r in zip(out, raws, strict=True)]
+        return out
+
+
+_ISO_SECONDS: dict[int, str] = {}
+
+
+def _iso_base(sec: int) -> str:
+    import datetime as dt
+
+    base = (dt.datetime(1970, 1, 1) + dt.timedelta(seconds=sec)).isoformat()
+    if len(_ISO_SECONDS) > 10_000:
+        _ISO_SECONDS.clear()
+    _ISO_SECONDS[sec] = base
+    return base
+
+
+def _iso(ns: int) -> str:
+    """``ns`` since the epoch as ISO 8601 (what ``datetime.isoformat()`` writes) plus ``Z``."""
+    sec, rem = divmod(ns // 1000, 1_000_000)
+    base = _ISO_SECONDS.get(sec) or _iso_base(sec)
+    return f"{base}.{rem:06d}Z" if rem else base + "Z"
+
+
+class _Runs:
+    """A column that is constant over runs of rows (resource and scope values)."""
+
+    __slots__ = ("runs",)
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[Any, int]] = []
+
+    def add(self, value: Any, count: int) -> None:
+        if count:
+            self.runs.append((value, count))
+
+    def expand(self) -> list[Any]:
+        out: list[Any] = []
+        for value, count in self.runs:
+            out.extend([value] * count)
+        return out
+
+
+# Span columns that hold per-span values, in the order of the row tuples the walk builds; the
+# four resource/scope columns are run-length columns and the promoted values come last.
+_SPAN_ROW_COLUMNS = (
+    "Timestamp", "TraceId", "SpanId", "ParentSpanId", "TraceState", "SpanName", "SpanKind",
+    "SpanAttributes", "Duration", "StatusCode", "StatusMessage", "Events", "Links",
+)  # fmt: skip
+_SPAN_RUN_COLUMNS = ("ServiceName", "ResourceAttributes", "ScopeName", "ScopeVersion")
+
+
 class TraceConverter:
-    """Converts ``ExportTraceServiceRequest`` messages; keeps an attribute cache between calls."""
+    """Converts OTLP trace requests (bytes or messages); keeps attribute caches between calls."""
 
     def __init__(self) -> None:
         self.cache = _AttrCache()
+        self._resources: dict[bytes, tuple[str | None, str]] = {}
+        self._names: dict[str, str] = {}
 
-    def _attrs(self, kvs: Any, pv: list[Any] | None) -> tuple[str, list[tuple]]:
-        cache_get = self.cache.map.get
-        miss = self.cache.miss
-        entries = []
-        for kv in kvs:
-            raw = kv.SerializeToString()
-            e = cache_get(raw)
-            if e is None:
-                e = miss(kv, raw)
-            entries.append(e)
-            if pv is not None and e[3] >= 0:
-                pv[e[3]] = e[4]
-        return "{" + ",".join([e[2] for e in entries]) + "}", entries
+    def _resource(self, raw: bytes) -> tuple[str | None, str]:
+        got = self._resources.get(raw)
+        if got is None:
+            attrs = attributes(_parse_nested("Resource", raw).attributes)
+            got = (_str(attrs.get(_SERVICE_NAME)), _dumps(attrs))
+            if len(self._resources) > 1000:
+                self._resources.clear()
+            self._resources[raw] = got
+        return got
 
     def convert(self, request: Any, batch: Batch | None = None) -> Batch:
-        """Rows for ``spans``, ``evaluations`` and ``adapters``."""
+        """Rows for ``spans``, ``evaluations`` and ``adapters`` from a request message."""
+        return self.convert_bytes(request.SerializeToString(), batch)
+
+    def convert_bytes(self, body: bytes, batch: Batch | None = None) -> Batch:
+        """Rows for ``spans``, ``evaluations`` and ``adapters`` from a protobuf request body."""
+        request = _parse_projection(body)
         batch = batch or Batch()
-        span_rows = batch.table(semconv.TABLE_SPANS)
-        n_before = len(span_rows)
+        rows: list[tuple] = []
+        runs = [_Runs() for _ in _SPAN_RUN_COLUMNS]
         eval_rows: list[tuple] = []
         eval_spans: list[tuple[int, str | None]] = []  # (index in eval_rows, parent span id)
         adapters = batch.adapters
-        attrs_of = self._attrs
-        dumps = _dumps
+        seen: dict[str, tuple] = {}  # adapter hash -> identity values noted in this batch
+        frags_of = self.cache.frags
+        pget = self.cache.prom.get
+        kvget = self.cache.kv.get
+        iso_seconds = _ISO_SECONDS
+        pv_range = _PV_RANGE
+        names = self._names
         kinds = SPAN_KINDS
         statuses = STATUS_CODES
-        n_promoted = len(_PROMOTED)
         eval_name_idx = _EVAL_NAME_INDEX
+        eval_event = semconv.EVENT_EVALUATION_RESULT
         rejected = 0
         bad_reason = ""
         for rs in request.resource_spans:
-            res = _Resource(rs.resource)
-            service, res_json = res.service, res.json
+            service, res_json = self._resource(rs.resource)
             for ss in rs.scope_spans:
                 scope = ss.scope
-                scope_name, scope_version = scope.name, scope.version
+                n_group = len(rows)
                 for s in ss.spans:
                     tid, sid = s.trace_id, s.span_id
-                    if len(tid) != 16 or len(sid) != 8 or not any(tid) or not any(sid):
+                    if len(tid) != 16 or len(sid) != 8 or tid == _Z16 or sid == _Z8:
                         rejected += 1
                         bad_reason = f"span {s.name!r} has an invalid trace id or span id"
                         continue
                     psid = s.parent_span_id
-                    if psid and len(psid) != 8:
-                        rejected += 1
-                        bad_reason = f"span {s.name!r} has an invalid parent span id"
-                        continue
+                    if psid:
+                        if len(psid) != 8:
+                            rejected += 1
+                            bad_reason = f"span {s.name!r} has an invalid parent span id"
+                            continue
+                        parent = "" if psid == _Z8 else psid.hex()
+                    else:
+                        parent = ""
                     trace_id = tid.hex()
                     span_id = sid.hex()
-                    parent = psid.hex() if psid and any(psid) else ""
-                    pv: list[Any] = [None] * (n_promoted + 4)
-                    attrs_json, entries = attrs_of(s.attributes, pv)
-                    is_eval_span = pv[eval_name_idx] is not None
-                    extras = pv[n_promoted:]
-                    del pv[n_promoted:]
+                    raws = list(s.attributes)  # bytes made (and hashed) once for all lookups
+                    frags = frags_of(raws)
+                    pv = list(map(dict(filter(None, map(pget, raws))).get, pv_range))
                     start = s.start_time_unix_nano
                     end = s.end_time_unix_nano
+                    start_us = start // 1000
                     events_json = "[]"
-                    if s.events:
+                    evs = s.events
+                    if evs:
                         parts = []
-                        for e in s.events:
-                            ejson, eentries = attrs_of(e.attributes, None)
+                        for e in evs:
+                            eraws = list(e.attributes)
+                            efrags = frags_of(eraws)
+                            ename = e.name
+                            jname = names.get(ename)
+                            if jname is None:
+                                jname = names[ename] = _dumps(ename)
+                            et = e.time_unix_nano
+                            eus = et // 1000
+                            sec = eus // 1_000_000
+                            rem = eus - sec * 1_000_000
+                            base = iso_seconds.get(sec) or _iso_base(sec)
                             parts.append(
-                                '{"Timestamp":"' + _iso(e.time_unix_nano) + '","Name":' + dumps(e.name)
-                                + ',"Attributes":' + ejson + "}"
+                                '{"Timestamp":"' + base + (f".{rem:06d}Z" if rem else "Z") + '","Name":'
+                                + jname + ',"Attributes":{' + ",".join(efrags) + "}}"
                             )  # fmt: skip
-                            if e.name == semconv.EVENT_EVALUATION_RESULT:
-                                eattrs = {x[0]: x[1] for x in eentries}
+                            if ename == eval_event:
                                 eval_rows.append(
-                                    _eval_row(
-                                        (e.time_unix_nano or end) // 1000,
+                                    _event_eval_row(
+                                        (et or end) // 1000,
                                         trace_id,
                                         span_id,
-                                        None,
-                                        "span_event",
-                                        eattrs,
+                                        dict(map(kvget, eraws)),
                                         pv,
                                         service,
                                     )
@@ -348,66 +602,78 @@ class TraceConverter:
                         events_json = "[" + ",".join(parts) + "]"
                     links_json = "[]"
                     if s.links:
-                        links_json = dumps(
-                            [
-                                {
-                                    "TraceId": ln.trace_id.hex(),
-                                    "SpanId": ln.span_id.hex(),
-                                    "TraceState": ln.trace_state,
-                                    "Attributes": attributes(ln.attributes),
-                                }
-                                for ln in s.links
-                            ]
-                        )
+                        links_json = _links_json(s.links)
                     status = s.status
                     kind = s.kind
-                    span_rows.append(
+                    code = status.code
+                    rows.append(
                         (
-                            start // 1000,
+                            start_us,
                             trace_id,
                             span_id,
                             parent,
                             s.trace_state,
                             s.name,
                             kinds[kind] if 0 <= kind < 6 else "Unspecified",
-                            service,
-                            res_json,
-                            scope_name,
-                            scope_version,
-                            attrs_json,
+                            "{" + ",".join(frags) + "}",
                             end - start if end >= start else 0,
-                            statuses[status.code] if 0 <= status.code < 3 else "Unset",
+                            statuses[code] if 0 <= code < 3 else "Unset",
                             status.message,
                             events_json,
                             links_json,
                             *pv,
                         )
                     )
-                    if is_eval_span:
-                        attrs = {x[0]: x[1] for x in entries}
+                    if pv[eval_name_idx] is not None:
                         eval_spans.append((len(eval_rows), parent or None))
                         eval_rows.append(
                             _eval_row(
-                                start // 1000, trace_id, parent or None, span_id, "span", attrs, pv, service
+                                start_us,
+                                trace_id,
+                                parent or None,
+                                span_id,
+                                "span",
+                                dict(map(kvget, raws)),
+                                pv,
+                                service,
                             )
                         )
                     h = pv[0]
-                    if h:
-                        _note_adapter(adapters, h, extras, pv, start // 1000)
+                    if h is not None:
+                        ident = (pv[1], pv[2], pv[16], pv[17], pv[18], pv[6], pv[7])
+                        if seen.get(h) != ident:
+                            seen[h] = ident
+                            _note_adapter(adapters, h, ident, start_us)
+                        else:
+                            rec = adapters[h]
+                            if start_us < rec[8]:
+                                rec[8] = start_us
+                            elif start_us > rec[9]:
+                                rec[9] = start_us
+                n = len(rows) - n_group
+                if n:
+                    for col, value in zip(runs, (service, res_json, scope.name, scope.version), strict=True):
+                        col.add(value, n)
         if eval_spans:
             # Child-span encoding: the scored span is the parent; fill from it when it is in this batch.
-            by_id = {row[2]: row for row in span_rows}
+            by_id = {row[2]: row for row in rows}
             for idx, parent in eval_spans:
                 prow = by_id.get(parent) if parent else None
                 if prow is not None:
-                    eval_rows[idx] = _fill_from_span(eval_rows[idx], prow)
+                    eval_rows[idx] = _fill_from_row(eval_rows[idx], prow)
+        if rows:
+            cols = list(zip(*rows, strict=True))
+            by_name = dict(zip(_SPAN_ROW_COLUMNS, cols, strict=False))
+            by_name.update(zip(_SPAN_RUN_COLUMNS, runs, strict=True))
+            by_name.update(zip(_PROMOTED_COLUMNS, cols[len(_SPAN_ROW_COLUMNS) :], strict=False))
+            batch.add_columns(semconv.TABLE_SPANS, [by_name[c] for c in SPAN_COLUMNS], len(rows))
         if eval_rows:
             batch.table(semconv.TABLE_EVALUATIONS).extend(eval_rows)
             # Span events score the span that carries them: already filled, nothing to wait for.
             for row in eval_rows:
                 if row[4] == "span" and row[2] and any(row[i] is None for i in _EVAL_FILL_IDX):
                     batch.missing.add(row[2])
-        batch.accepted += len(span_rows) - n_before
+        batch.accepted += len(rows)
         batch.rejected += rejected
         if bad_reason:
             batch.error = (
@@ -415,6 +681,27 @@ class TraceConverter:
                 "(trace ids are 16 bytes, span ids 8 bytes, neither all zero)"
             )
         return batch
+
+
+_PROMOTED_COLUMNS = SPAN_COLUMNS[SPAN_COLUMNS.index("adapter_hash") :]
+# Index of each FILL_COLUMNS entry, and of response_id, in a walk row tuple.
+_ROW_FILL_IDX = tuple(len(_SPAN_ROW_COLUMNS) + _PROMOTED_COLUMNS.index(c) for c in FILL_COLUMNS)
+_ROW_RESPONSE_IDX = len(_SPAN_ROW_COLUMNS) + _PROMOTED_COLUMNS.index("response_id")
+
+
+def _links_json(links: Any) -> str:
+    out = []
+    for raw in links:
+        ln = _parse_nested("Link", raw)
+        out.append(
+            {
+                "TraceId": ln.trace_id.hex(),
+                "SpanId": ln.span_id.hex(),
+                "TraceState": ln.trace_state,
+                "Attributes": attributes(ln.attributes),
+            }
+        )
+    return _dumps(out)
 
 
 def convert_traces(request: Any, batch: Batch | None = None) -> Batch:
@@ -464,6 +751,50 @@ def _eval_row(
     )
 
 
+_SIMPLE_EVENT_KEYS = frozenset(
+    {
+        semconv.GEN_AI_EVALUATION_NAME,
+        semconv.GEN_AI_EVALUATION_SCORE_VALUE,
+        semconv.GEN_AI_EVALUATION_SCORE_LABEL,
+        semconv.GEN_AI_EVALUATION_EXPLANATION,
+    }
+)
+
+
+def _event_eval_row(
+    ts_us: int, trace_id: str, span_id: str, attrs: dict[str, Any], pv: list[Any], service: str | None
+) -> tuple:
+    """``_eval_row`` for a span event with only the evaluation's own attributes (the usual case):
+    every identity column comes from the scored span that carries the event."""
+    if not attrs.keys() <= _SIMPLE_EVENT_KEYS:
+        return _eval_row(ts_us, trace_id, span_id, None, "span_event", attrs, pv, service)
+    g = attrs.get
+    name = g(semconv.GEN_AI_EVALUATION_NAME)
+    score = g(semconv.GEN_AI_EVALUATION_SCORE_VALUE)
+    label = g(semconv.GEN_AI_EVALUATION_SCORE_LABEL)
+    expl = g(semconv.GEN_AI_EVALUATION_EXPLANATION)
+    return (
+        ts_us,
+        trace_id,
+        span_id,
+        None,
+        "span_event",
+        name if type(name) is str else ("" if name is None else str(name)),
+        score if type(score) is float else _num(score),
+        label if label is None or type(label) is str else str(label),
+        expl if expl is None or type(expl) is str else str(expl),
+        pv[10],
+        pv[0],
+        pv[1],
+        pv[3],
+        pv[4],
+        pv[5],
+        pv[7],
+        service,
+        "{}",
+    )
+
+
 # Attributes that land in evaluation columns; ``Attributes`` keeps only the others.
 _EVAL_COLUMN_KEYS = frozenset(
     {
@@ -482,24 +813,24 @@ def _rest_json(attrs: dict[str, Any]) -> str:
     return _dumps(rest) if rest else "{}"
 
 
-def _fill_from_span(erow: tuple, span_row: tuple) -> tuple:
+def _fill_from_row(erow: tuple, span_row: tuple) -> tuple:
     row = list(erow)
-    for ei, si in zip(_EVAL_FILL_IDX, _SPAN_FILL_IDX, strict=True):
+    for ei, si in zip(_EVAL_FILL_IDX, _ROW_FILL_IDX, strict=True):
         if row[ei] is None:
             row[ei] = span_row[si]
     if row[9] is None:
-        row[9] = span_row[_SPAN_RESPONSE_IDX]
+        row[9] = span_row[_ROW_RESPONSE_IDX]
     return tuple(row)
 
 
-def _note_adapter(adapters: dict[str, list], h: str, extras: list[Any], pv: list[Any], ts: int) -> None:
+def _note_adapter(adapters: dict[str, list], h: str, ident: tuple, ts: int) -> None:
+    """Merge one span's adapter identity (ADAPTER_COLUMNS order after the hash: name, version,
+    parent, method, num_virtual_tokens, base model, fingerprint) into the batch's records."""
     rec = adapters.get(h)
-    # ADAPTER_COLUMNS order: hash, name, version, parent, method, num_virtual_tokens, base, fingerprint
-    new = (pv[1], pv[2], extras[1], extras[2], extras[3], pv[6], pv[7])
     if rec is None:
-        adapters[h] = [h, *new, ts, ts]
+        adapters[h] = [h, *ident, ts, ts]
         return
-    for i, val in enumerate(new, start=1):
+    for i, val in enumerate(ident, start=1):
         if val is not None and rec[i] is None:
             rec[i] = val
     if ts < rec[8]:

@@ -36,8 +36,9 @@ log = logging.getLogger(__name__)
 
 try:  # optional: the fastest bulk path
     import pyarrow as pa
+    import pyarrow.compute as _pc
 except ImportError:  # pragma: no cover - exercised only without the collector extra
-    pa = None
+    pa = _pc = None
 
 _EPOCH = dt.datetime(1970, 1, 1)
 # How far back an evaluation's scored span is looked for (zone maps on Timestamp prune the rest).
@@ -45,6 +46,7 @@ _SCORED_SPAN_WINDOW_US = 7 * 24 * 3600 * 1_000_000
 # How long an evaluation waits in memory for a scored span that has not arrived yet.
 _PENDING_TTL_S = 3600.0
 _PENDING_MAX = 200_000
+CHECKPOINT_THRESHOLD = "128MB"
 
 
 class QueueFull(CollectorError):
@@ -203,6 +205,10 @@ class Store:
         self.retain_seconds = retain_seconds
         self.stats = Stats()
         self._con = connect(self.path)
+        # Checkpoints recompress the open row group: at the default 16 MB of WAL a row group of
+        # spans is rewritten ~10 times while it fills. Committed data is durable in the WAL either
+        # way; a larger threshold only makes replay after a crash longer (about a second).
+        self._con.execute(f"SET checkpoint_threshold = '{CHECKPOINT_THRESHOLD}'")
         self.schema_version = migrate(self._con)
         self._queue: queue.Queue[Any] = queue.Queue()
         self._queued_rows = 0
@@ -364,7 +370,7 @@ class Store:
         for w in writes:
             st.accepted[w.signal] = st.accepted.get(w.signal, 0) + w.batch.accepted
             st.rejected[w.signal] = st.rejected.get(w.signal, 0) + w.batch.rejected
-            st.evaluations += len(w.batch.rows.get(semconv.TABLE_EVALUATIONS, ()))
+            st.evaluations += w.batch.counts.get(semconv.TABLE_EVALUATIONS, 0)
         self._release(writes, None)
 
     def _release(self, writes: list[_Write], error: BaseException | None) -> None:
@@ -375,27 +381,38 @@ class Store:
 
     def _write(self, writes: list[_Write]) -> None:
         con = self._con
-        tables: dict[str, list[tuple]] = {}
+        tables: dict[str, list[Any]] = {}
+        rows: dict[str, list[tuple]] = {}
         adapters: dict[str, list] = {}
         missing: set[str] = set()
+        eval_since: int | None = None
         for w in writes:
-            for name, rows in w.batch.rows.items():
-                if rows:
-                    tables.setdefault(name, []).extend(rows)
-            for h, rec in w.batch.adapters.items():
+            b = w.batch
+            for name, tbl in b.tables.items():
+                tables.setdefault(name, []).append(tbl)
+            for name, part in b.rows.items():  # only without pyarrow
+                if part:
+                    rows.setdefault(name, []).extend(part)
+            for h, rec in b.adapters.items():
                 _merge_adapter(adapters, h, rec)
-            missing |= w.batch.missing
+            if b.missing:
+                missing |= b.missing
+                if b.eval_min_ts is not None:
+                    eval_since = b.eval_min_ts if eval_since is None else min(eval_since, b.eval_min_ts)
         con.execute("BEGIN TRANSACTION")
-        for name, rows in tables.items():
-            insert_rows(con, name, rows)
+        for name, parts in tables.items():
+            insert_table(con, name, parts[0] if len(parts) == 1 else pa.concat_tables(parts))
+        for name, part in rows.items():
+            insert_rows(con, name, part)
         changed = self._adapter_changes(adapters)
         if changed:
             _upsert_adapters(con, changed)
-        spans = tables.get(semconv.TABLE_SPANS)
         if missing:
-            self._fill_new_evaluations(missing, tables[semconv.TABLE_EVALUATIONS])
-        if spans and self._pending:
-            self._fill_waiting_evaluations(spans)
+            self._fill_new_evaluations(missing, eval_since or 0)
+        if self._pending and (semconv.TABLE_SPANS in tables or semconv.TABLE_SPANS in rows):
+            self._fill_waiting_evaluations(
+                tables.get(semconv.TABLE_SPANS, []), rows.get(semconv.TABLE_SPANS, [])
+            )
         con.execute("COMMIT")
 
     def _adapter_changes(self, adapters: dict[str, list]) -> list[list]:
@@ -437,22 +454,32 @@ class Store:
         rows = self._con.execute(self._FILL_SQL, [span_ids, since_us]).fetchall()
         return {r[0] for r in rows}
 
-    def _fill_new_evaluations(self, missing: set[str], eval_rows: list[tuple]) -> None:
-        since = min(r[0] for r in eval_rows) - _SCORED_SPAN_WINDOW_US
-        found = self._fill(sorted(missing), since)
+    def _fill_new_evaluations(self, missing: set[str], eval_min_ts: int) -> None:
+        found = self._fill(sorted(missing), eval_min_ts - _SCORED_SPAN_WINDOW_US)
         expiry = time.monotonic() + _PENDING_TTL_S
         for sid in missing - found:
             self._pending[sid] = expiry
         if len(self._pending) > _PENDING_MAX:
             self._expire_pending(force=True)
 
-    def _fill_waiting_evaluations(self, spans: list[tuple]) -> None:
+    def _fill_waiting_evaluations(self, span_tables: list[Any], span_rows: list[tuple]) -> None:
+        """Evaluations stored before their scored span: fill them from the spans just inserted."""
         pending = self._pending
-        hits = [row for row in spans if row[2] in pending]
-        if not hits:
+        ids: set[str] = set()
+        since: int | None = None
+        for tbl in span_tables:
+            hit = [sid for sid in tbl.column("SpanId").to_pylist() if sid in pending]
+            if hit:
+                ids.update(hit)
+                lo = _pc.min(tbl.column("Timestamp")).cast(pa.int64()).as_py()
+                since = lo if since is None else min(since, lo)
+        for row in span_rows:  # only without pyarrow
+            if row[2] in pending:
+                ids.add(row[2])
+                since = row[0] if since is None else min(since, row[0])
+        if not ids:
             return
-        ids = sorted({row[2] for row in hits})
-        self._fill(ids, min(row[0] for row in hits))
+        self._fill(sorted(ids), since or 0)
         for sid in ids:
             pending.pop(sid, None)
 
@@ -495,6 +522,16 @@ class Store:
 def _kinds(table: str) -> list[str]:
     kinds = otlp.COLUMN_KINDS.get(table, {})
     return [kinds.get(c, "text") for c in otlp.TABLE_COLUMNS[table]]
+
+
+def insert_table(con: duckdb.DuckDBPyConnection, table: str, tbl: Any) -> None:
+    """Bulk-insert an Arrow table whose columns are the table's columns, in order."""
+    name = f"__ptune_batch_{table}"
+    con.register(name, tbl)
+    try:
+        con.execute(f"INSERT INTO {table} SELECT * FROM {name}")
+    finally:
+        con.unregister(name)
 
 
 def insert_rows(con: duckdb.DuckDBPyConnection, table: str, rows: list[tuple]) -> None:
@@ -652,6 +689,7 @@ def compact_running(store: Store, timeout: float = 600.0) -> tuple[int, int]:
 
         def swap() -> duckdb.DuckDBPyConnection:
             new, before, after = compact_file(con, store.path)
+            new.execute(f"SET checkpoint_threshold = '{CHECKPOINT_THRESHOLD}'")
             result["sizes"] = (before, after)
             return new
 

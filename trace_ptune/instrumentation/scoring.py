@@ -28,7 +28,6 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import trace
@@ -47,14 +46,22 @@ COPIED_ATTRIBUTES = (
 MAX_REMEMBERED = 16384
 
 
-@dataclass(frozen=True)
 class Generation:
     """What a later score needs to know about one generation."""
 
-    response_id: str
-    span_context: SpanContext
-    attributes: Mapping[str, Any]  # the COPIED_ATTRIBUTES that were present
-    span_ref: Any = None  # weak reference to the live span, while it may still be open
+    __slots__ = ("attributes", "response_id", "span_context", "span_ref")
+
+    def __init__(
+        self,
+        response_id: str,
+        span_context: SpanContext,
+        attributes: Mapping[str, Any],
+        span_ref: Any = None,
+    ) -> None:
+        self.response_id = response_id
+        self.span_context = span_context
+        self.attributes = attributes  # the COPIED_ATTRIBUTES that were present
+        self.span_ref = span_ref  # weak reference to the live span, while it may still be open
 
     @property
     def span(self) -> Span | None:
@@ -118,7 +125,7 @@ def register_generation(
     ``attrs`` may be the span's full attribute mapping: only the copied keys are kept. Pass
     ``span`` when the span is still open, so scores made before it ends become span events.
     """
-    kept = {k: attrs[k] for k in COPIED_ATTRIBUTES if attrs and attrs.get(k) is not None}
+    kept = copied_attributes(attrs)
     ref = None
     if span is not None:
         try:
@@ -128,6 +135,18 @@ def register_generation(
     _registry.add(
         Generation(response_id=response_id, span_context=span_context, attributes=kept, span_ref=ref)
     )
+
+
+def copied_attributes(attrs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The attributes of a generation span that its scores carry too."""
+    if not attrs:
+        return {}
+    return {k: attrs[k] for k in COPIED_ATTRIBUTES if attrs.get(k) is not None}
+
+
+def _remember(response_id: str, span_context: SpanContext, kept: Mapping[str, Any]) -> None:
+    """register_generation() for instrumentation: ``kept`` already filtered, no live span."""
+    _registry.add(Generation(response_id, span_context, kept))
 
 
 def lookup_generation(response_id: str) -> Generation | None:

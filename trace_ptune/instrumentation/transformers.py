@@ -32,6 +32,12 @@ Prompt and completion text (``gen_ai.input.messages`` / ``gen_ai.output.messages
 only with ``capture_content=True`` or ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true``,
 and only when a tokenizer is known (registered, or passed to ``generate(tokenizer=...)``).
 
+Spans are created when ``generate()`` returns, with the call's start time, so each gets all its
+attributes at once and nothing is attached to the context while the model runs (spans created
+inside ``generate()`` by other code are siblings, not children). Each sequence gets a fresh
+``gen_ai.response.id``; ``trace_ptune.instrumentation.last_response_ids()`` returns the ids of the
+last call in the current context, for ``trace_ptune.score()``.
+
 The wrapper honours ``suppress_instrumentation``; an exception from ``generate()`` is recorded
 and re-raised unchanged; a failure inside the instrumentation is logged once and the call proceeds.
 Nothing is discovered per call: model details are cached per model object.
@@ -51,7 +57,6 @@ from pathlib import Path
 from typing import Any
 
 import wrapt
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled, unwrap
@@ -73,6 +78,7 @@ _TOKEN_BUCKETS = [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 
 _DURATION_BUCKETS = [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92]
 _TTFC_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0]
 
+_SMALL = 4096  # tensors up to this many elements are converted to lists in one call
 _in_generate: ContextVar[bool] = ContextVar("trace_ptune_in_generate", default=False)
 
 
@@ -270,7 +276,6 @@ class _Call:
     __slots__ = (
         "adapter",
         "batch",
-        "call_span",
         "eos",
         "ids",
         "info",
@@ -285,7 +290,6 @@ class _Call:
         "rows",
         "start_ns",
         "streamer",
-        "token",
     )
 
     def __init__(
@@ -296,8 +300,6 @@ class _Call:
         self.kwargs = kwargs
         self.info = info = _model_info(instance)
         self.adapter = _ctx.active_adapter.get()
-        self.call_span: Any = None
-        self.token: Any = None
         self.streamer: _TimedStreamer | None = None
 
         ids = args[0] if args else kwargs.get("inputs")
@@ -372,82 +374,71 @@ class _Call:
 
     def start(self) -> None:
         self.start_ns = time.time_ns()
-        tracer = self.owner.tracer
-        if self.rows == 1:
-            span = tracer.start_span(self.info.span_name, attributes=self.request, start_time=self.start_ns)
-        else:
-            span = tracer.start_span(
-                semconv.SPAN_GENERATE_CALL,
-                attributes={k: v for k, v in self.request.items() if k != semconv.GEN_AI_RESPONSE_MODEL},
-                start_time=self.start_ns,
-            )
-        self.call_span = span
-        self.token = otel_context.attach(trace.set_span_in_context(span))
 
     def fail(self, exc: BaseException) -> None:
         try:
-            otel_context.detach(self.token)
             error_type = type(exc).__qualname__
-            span = self.call_span
+            name = self.info.span_name if self.rows == 1 else semconv.SPAN_GENERATE_CALL
+            attrs = {**self.request, semconv.ERROR_TYPE: error_type}
+            span = self.owner.tracer.start_span(name, attributes=attrs, start_time=self.start_ns)
             span.record_exception(exc)
             span.set_status(Status(StatusCode.ERROR, f"{error_type}: {exc}"))
-            span.set_attribute(semconv.ERROR_TYPE, error_type)
             span.end()
-            attrs, _, _ = self.info.metrics_for(self.adapter.hash if self.adapter else None)
+            call_attrs, _, _ = self.info.metrics_for(self.adapter.hash if self.adapter else None)
             self.owner.duration.record(
-                (time.time_ns() - self.start_ns) / 1e9, {**attrs, semconv.ERROR_TYPE: error_type}
+                (time.time_ns() - self.start_ns) / 1e9, {**call_attrs, semconv.ERROR_TYPE: error_type}
             )
         except Exception as inner:
             warn_once(_log, "generate-fail", "trace-ptune could not record a generate() error: %r", inner)
 
     def finish(self, result: Any) -> None:
-        end_ns = time.time_ns()
-        span = self.call_span
         try:
-            otel_context.detach(self.token)
-            self._record(result, span, end_ns)
+            self._record(result, time.time_ns())
         except Exception as exc:
             warn_once(_log, "generate-finish", "trace-ptune could not record a generate() result: %r", exc)
-        finally:
-            if span.is_recording():
-                span.end(end_time=end_ns)
 
-    def _record(self, result: Any, span: Any, end_ns: int) -> None:
+    def _record(self, result: Any, end_ns: int) -> None:
+        # Spans are created once the call returned, with the call's start time: every attribute
+        # is then set in one go, and nothing is attached to the context while the model runs.
         owner = self.owner
+        tracer = owner.tracer
         rows = self._rows(result)
         ttfc = None
         if self.streamer is not None and self.streamer._self_first_ns is not None:
             ttfc = (self.streamer._self_first_ns - self.start_ns) / 1e9
         call_attrs, in_attrs, out_attrs = self.info.metrics_for(self.adapter.hash if self.adapter else None)
         texts = self._texts(result) if owner.capture_content else None
+        kept = _scoring.copied_attributes(self.request)
+        name = self.info.span_name
+        start_ns = self.start_ns
 
-        response_ids = []
         if self.rows == 1:
-            attrs = self._row_attrs(rows[0] if rows else None, ttfc, texts, 0)
-            rid = _response_id(span)
-            if rid is not None:
-                attrs[semconv.GEN_AI_RESPONSE_ID] = rid
-                response_ids.append(rid)
-                _scoring.register_generation(rid, span.get_span_context(), self.request)
-            span.set_attributes(attrs)
+            parent = None
         else:
-            parent = trace.set_span_in_context(span)
-            tracer = owner.tracer
-            name = self.info.span_name
-            for i in range(self.rows):
-                attrs = self.request | self._row_attrs(rows[i] if rows else None, ttfc, texts, i)
-                row_span = tracer.start_span(name, context=parent, attributes=attrs, start_time=self.start_ns)
-                rid = _response_id(row_span)
-                if rid is not None:
-                    row_span.set_attribute(semconv.GEN_AI_RESPONSE_ID, rid)
-                    response_ids.append(rid)
-                    _scoring.register_generation(rid, row_span.get_span_context(), attrs)
-                row_span.end(end_time=end_ns)
+            call_span = tracer.start_span(
+                semconv.SPAN_GENERATE_CALL,
+                attributes={k: v for k, v in self.request.items() if k != semconv.GEN_AI_RESPONSE_MODEL},
+                start_time=start_ns,
+            )
             if ttfc is not None:
-                span.set_attribute(semconv.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK, ttfc)
+                call_span.set_attribute(semconv.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK, ttfc)
+            parent = trace.set_span_in_context(call_span)
+        response_ids = []
+        for i in range(self.rows):
+            rid = os.urandom(8).hex()  # not `random`: users seed it, and forked ranks share it
+            attrs = self.request | self._row_attrs(rows[i] if rows else None, ttfc, texts, i)
+            attrs[semconv.GEN_AI_RESPONSE_ID] = rid
+            span = tracer.start_span(name, context=parent, attributes=attrs, start_time=start_ns)
+            span.end(end_time=end_ns)
+            ctx = span.get_span_context()
+            if ctx.is_valid:
+                response_ids.append(rid)
+                _scoring._remember(rid, ctx, kept)
+        if parent is not None:
+            call_span.end(end_time=end_ns)
         _scoring._set_last_response_ids(tuple(response_ids))
 
-        owner.duration.record((end_ns - self.start_ns) / 1e9, call_attrs)
+        owner.duration.record((end_ns - start_ns) / 1e9, call_attrs)
         if ttfc is not None:
             owner.ttfc.record(ttfc, call_attrs)
         if rows:
@@ -486,31 +477,44 @@ class _Call:
     def _rows(self, result: Any) -> list[tuple[int, int, str]] | None:
         """(input tokens, output tokens, finish reason) per output row, from the tensors."""
         sequences = _sequences(result)
-        if sequences is None or getattr(sequences, "dim", lambda: 0)() != 2:
+        if sequences is None or not hasattr(sequences, "tolist") or sequences.dim() != 2:
             return None
-        generated = sequences[:, self.output_start :].tolist()
+        start = self.output_start
+        if sequences.numel() <= _SMALL:  # one conversion beats a tensor slice for small outputs
+            generated = [row[start:] for row in sequences.tolist()]
+        else:
+            generated = sequences[:, start:].tolist()
         inputs = self._input_counts()
         eos, pad, max_tokens, nrs = self.eos, self.pad, self.max_tokens, self.nrs
+        single_eos = next(iter(eos)) if len(eos) == 1 else None
         out: list[tuple[int, int, str]] = []
+        last = len(inputs) - 1
         for r, tokens in enumerate(generated):
             n = len(tokens)
-            reason = None
-            if eos:
-                for i, t in enumerate(tokens):
-                    if t in eos:
-                        n, reason = i + 1, "stop"
-                        break
-            if reason is None:
+            if single_eos is not None:
+                try:
+                    end = tokens.index(single_eos) + 1
+                except ValueError:
+                    end = 0
+            elif eos:
+                end = next((i + 1 for i, t in enumerate(tokens) if t in eos), 0)
+            else:
+                end = 0
+            if end:
+                n, reason = end, "stop"
+            else:
                 if pad is not None:
                     while n and tokens[n - 1] == pad:
                         n -= 1
                 reason = "length" if max_tokens is not None and n >= max_tokens else "stop"
-            out.append((inputs[r // nrs] if r // nrs < len(inputs) else inputs[-1], n, reason))
+            out.append((inputs[min(r // nrs, last)], n, reason))
         return out
 
     def _input_counts(self) -> list[int]:
         mask = self.kwargs.get("attention_mask")
-        if mask is not None and getattr(mask, "dim", lambda: 0)() == 2:
+        if mask is not None and hasattr(mask, "dim") and mask.dim() == 2:
+            if mask.numel() <= _SMALL:
+                return [int(sum(row)) for row in mask.tolist()]
             return [int(v) for v in mask.sum(-1).tolist()]
         ids = self.ids
         if ids is not None:
@@ -550,8 +554,3 @@ def _sequences(result: Any) -> Any:
     if hasattr(result, "dim"):
         return result
     return getattr(result, "sequences", None)
-
-
-def _response_id(span: Any) -> str | None:
-    ctx = span.get_span_context()
-    return format(ctx.span_id, "016x") if ctx.is_valid else None

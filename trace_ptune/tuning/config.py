@@ -81,6 +81,9 @@ class TrainConfig:
         default=None, metadata={"help": "Steps between evals (default: per epoch)."}
     )
     eval_max_new_tokens: int = 16
+    scorers: list[str] = field(
+        default_factory=list, metadata={"help": "Extra eval scorers (trace_ptune.evals specs), e.g. f1."}
+    )
     best_metric: str = "loss"
     patience: int | None = field(
         default=None, metadata={"help": "Evals without improvement before stopping."}
@@ -133,7 +136,11 @@ class TrainConfig:
         _choice("encoder", self.encoder, ENCODERS)
         _choice("long_examples", self.long_examples, LONG_POLICIES)
         _choice("leakage", self.leakage, LEAKAGE_POLICIES)
-        _choice("best_metric", self.best_metric, BEST_METRICS)
+        self.scorers = list(self.scorers)
+        if self.best_metric not in BEST_METRICS and not self.scorers:
+            raise ConfigError(
+                f"best_metric {self.best_metric!r} is unknown; pick loss or exact_match, or add a scorer of that name."
+            )
         if not (self.init in INIT_KINDS or self.init.startswith("text:")):
             raise ConfigError(f'init {self.init!r} is unknown; use random, vocab, labels or text:"...".')
         if self.init.startswith("text:") and not self.init[5:].strip():

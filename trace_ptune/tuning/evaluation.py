@@ -127,14 +127,19 @@ def evaluate(
     max_new_tokens: int,
     chat_template: bool = False,
     generate: bool = True,
+    scorers: Sequence[str] = (),
 ) -> EvalResult:
-    """Loss of every eval example and, with ``generate``, greedy exact match."""
+    """Loss of every eval example and, with ``generate``, greedy exact match plus any
+    ``scorers`` (spec strings of :mod:`trace_ptune.evals.scorers`, e.g. ``f1``)."""
     pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
     result = EvalResult()
     result.values["loss"] = example_losses(model, method, prompt.detach(), examples, pad_id, batch_size)
     if generate:
         eos = tokenizer.eos_token_id
         matches: list[float] = []
+        extra = _load_scorers(scorers)
+        for sc in extra:
+            result.values.setdefault(sc.name, [])
         for start in range(0, len(examples), batch_size):
             chunk = examples[start : start + batch_size]
             prompts = [e.ids[: e.target_start] for e in chunk]
@@ -155,5 +160,23 @@ def evaluate(
             for e, gen in zip(chunk, outs, strict=True):
                 text = tokenizer.decode(gen, skip_special_tokens=True)
                 matches.append(float(normalize_text(text) == normalize_text(rows[e.index]["target"])))
+                for sc in extra:
+                    result.values[sc.name].append(_score(sc, text, rows[e.index]))
         result.values["exact_match"] = matches
     return result
+
+
+def _load_scorers(specs: Sequence[str]) -> list[Any]:
+    if not specs:
+        return []
+    from trace_ptune.evals.scorers import get_scorer
+
+    return [get_scorer(spec) for spec in specs]
+
+
+def _score(sc: Any, output: str, row: dict[str, Any]) -> float:
+    from trace_ptune.evals.datasets import Example
+    from trace_ptune.evals.scorers import apply_scorer
+
+    example = Example(id=str(row.get("id", "")), input=row["input"], expected=row["target"])
+    return float(apply_scorer(sc, output, example).value)

@@ -246,7 +246,9 @@ def prefix_cache(prefix: Tensor) -> Any:
     return DynamicCache(ddp_cache_data=[(prefix[:, i, 0], prefix[:, i, 1]) for i in range(prefix.shape[1])])
 
 
-def decoder_hidden(model: Any, method: str, prompts: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+def decoder_hidden(
+    model: Any, method: str, prompts: Tensor, input_ids: Tensor, attention_mask: Tensor
+) -> Tensor:
     """Last hidden states ``(B, P + T, H)`` of the base decoder with a soft prompt in front.
 
     ``prompts`` is per row: ``(B, n, H)`` for embedding methods or ``(B, L, 2, KV, n, D)`` for

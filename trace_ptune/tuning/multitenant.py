@@ -44,7 +44,9 @@ def train_multitenant(
     ``result.soft_prompts`` maps tenant -> stored adapter (``NAME/TENANT@version``);
     ``result.soft_prompt`` is the first tenant's.
     """
-    return run_training(config, base, tenant_field=tenant_field, batches=batches, tracer_provider=tracer_provider)
+    return run_training(
+        config, base, tenant_field=tenant_field, batches=batches, tracer_provider=tracer_provider
+    )
 
 
 def tenant_plan(

@@ -110,7 +110,9 @@ def run_training(
     tracer_provider: TracerProvider | None = None,
 ) -> TrainResult:
     """The shared entry of single- and multi-tenant runs."""
-    trainer = _Trainer(config, base, tenant_field=tenant_field, batches=batches, tracer_provider=tracer_provider)
+    trainer = _Trainer(
+        config, base, tenant_field=tenant_field, batches=batches, tracer_provider=tracer_provider
+    )
     return trainer.run()
 
 
@@ -357,6 +359,7 @@ class _Trainer:
         self.evals_since_best = 0
         self.history: list[float] = []
         self.step_seconds: list[float] = []
+        self.step_cpu_seconds: list[float] = []
         self.tokens_seen = 0
         self.last_eval: list[EvalResult | None] = [None] * len(self.tenants)
         if self.saved:
@@ -373,7 +376,8 @@ class _Trainer:
         attrs = self._run_attributes()
         with self.tracer.start_as_current_span(semconv.SPAN_TRAIN, attributes=attrs) as span:
             result = self._loop(plan, span)
-            span.set_attribute(semconv.PTUNE_ADAPTER_HASH, result.adapter_hash)
+            if len(self.tenants) == 1:  # multi-tenant hashes are on each tenant's checkpoint span
+                span.set_attribute(semconv.PTUNE_ADAPTER_HASH, result.adapter_hash)
             return result
 
     def _run_attributes(self) -> dict[str, Any]:
@@ -403,7 +407,7 @@ class _Trainer:
         with progress:
             while self.step < len(plan):
                 step_index = self.step
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 sampled = step_index % cfg.step_span_every == 0
                 span_cm = (
                     self.tracer.start_as_current_span(
@@ -420,6 +424,7 @@ class _Trainer:
                 with span_cm as step_span:
                     loss, lr, grad_norm, tokens = self._optimizer_step(plan[step_index])
                     elapsed = time.perf_counter() - t0
+                    cpu = time.process_time() - c0
                     tps = tokens / elapsed if elapsed > 0 else 0.0
                     if step_span is not None:
                         step_span.set_attributes(
@@ -434,6 +439,7 @@ class _Trainer:
                 self.step += 1
                 self.history.append(loss)
                 self.step_seconds.append(elapsed)
+                self.step_cpu_seconds.append(cpu)
                 self.tokens_seen += tokens
                 progress.update(loss=loss, tps=tps)
                 last = self.step == len(plan)
@@ -565,6 +571,7 @@ class _Trainer:
             semconv.PTUNE_TRAIN_RUN_ID: self.run_id,
             semconv.PTUNE_TRAIN_STEP: self.step,
             semconv.PTUNE_TRAFFIC: semconv.TRAFFIC_EVAL,
+            semconv.PTUNE_TRAIN_RANK: self.dist.rank,
         }
         if self.eval_dataset_hash:
             attrs[semconv.PTUNE_EVAL_DATASET_HASH] = self.eval_dataset_hash
@@ -582,7 +589,13 @@ class _Trainer:
                 batch_size=cfg.batch_size,
                 max_new_tokens=cfg.eval_max_new_tokens,
                 chat_template=cfg.chat_template,
+                scorers=cfg.scorers,
             )
+            if cfg.best_metric not in result.values:
+                raise ConfigError(
+                    f"best_metric {cfg.best_metric!r} is not among the eval metrics {sorted(result.values)}; "
+                    "pick one of them."
+                )
             for metric in result.values:
                 span.add_event(
                     semconv.EVENT_EVAL_METRIC,
@@ -733,7 +746,9 @@ class _Trainer:
             "best_step": self.best_step,
             "stopped_early": stopped_early,
             "loss_history": list(self.history),
-            "step_seconds": list(self.step_seconds),  # this process's steps (not restored on resume)
+            # Wall and CPU seconds of this process's steps (not restored on resume).
+            "step_seconds": list(self.step_seconds),
+            "step_cpu_seconds": list(self.step_cpu_seconds),
         }
         for k, ev in enumerate(self.last_eval):
             if ev is None:

@@ -188,7 +188,15 @@ class Scheduler:
             t0 = time.perf_counter()
             try:
                 events = engine.step(state)
+                self.steps += 1
+                self.step_seconds += time.perf_counter() - t0
+                self.max_rows_seen = max(self.max_rows_seen, state.active)
+                self._dispatch(events, owners, remaining)
+                if self.mode == "iteration":
+                    self._admit_waiting(state, admit)
             except Exception as exc:
+                # A failed forward pass fails its batch, not the server: every waiting request
+                # gets an error and the thread goes on with the next batch.
                 logger.exception("a decode step failed; failing the batch")
                 engine.abort(state, exc)  # ends the rows' spans with the error
                 for work in {id(w): w for w, _ in owners.values()}.values():
@@ -196,12 +204,6 @@ class Scheduler:
                         remaining[id(work)] = 0
                         self._fail(work, exc)
                 return
-            self.steps += 1
-            self.step_seconds += time.perf_counter() - t0
-            self.max_rows_seen = max(self.max_rows_seen, state.active)
-            self._dispatch(events, owners, remaining)
-            if self.mode == "iteration":
-                self._admit_waiting(state, admit)
 
     def _admit_waiting(self, state: Any, admit: Any) -> None:
         """Iteration-level scheduling: works that arrived join the running batch now."""
