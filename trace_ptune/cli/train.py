@@ -70,6 +70,7 @@ logger = logging.getLogger(__name__)
 @click.option("--chat-template", is_flag=True, help="Wrap each input in the model's chat template.")
 @click.option("--eval-every", type=int, help="Steps between evaluations (default: every epoch).")
 @click.option("--eval-max-new-tokens", type=int, default=16, show_default=True)
+@click.option("--eval-at-start", is_flag=True, help="Also evaluate the initial prompt, to compare against.")
 @click.option(
     "--scorer",
     "scorers",
@@ -154,9 +155,10 @@ def train(
         f"loss     {metrics['first_loss']:.4f} -> {metrics['final_loss']:.4f} over {metrics['steps']} steps"
     )
     click.echo(line)
-    evals = {k: v for k, v in metrics.items() if k.startswith("eval_")}
-    if evals:
-        click.echo("eval     " + "  ".join(f"{k[5:]}={v:.4f}" for k, v in evals.items()))
+    for label, prefix in (("init", "init_eval_"), ("eval", "eval_")):
+        found = {k[len(prefix) :]: v for k, v in metrics.items() if k.startswith(prefix)}
+        if found:
+            click.echo(f"{label:<8} " + "  ".join(f"{k}={v:.4f}" for k, v in found.items()))
     if metrics["truncated"]:
         click.echo(
             f"note: {metrics['truncated']} examples were longer than --max-length and truncated", err=True

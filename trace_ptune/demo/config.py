@@ -51,6 +51,7 @@ class Profile:
     canary_percent: float
     serve_batch: int
     seed: int = 0
+    threads: int | None = None  # torch threads (None: torch's default)
 
 
 PROFILES = {
@@ -66,6 +67,7 @@ PROFILES = {
         requests_per_phase=240,
         canary_percent=30.0,
         serve_batch=64,
+        threads=1,  # a model this small only loses time to thread hand-offs
     ),
     "default": Profile(
         method=semconv.METHOD_PROMPT_TUNING,

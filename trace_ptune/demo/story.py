@@ -158,6 +158,10 @@ class _Story:
         from trace_ptune.runtime import Engine
 
         report, profile = self.report, self.profile
+        if profile.threads:
+            import torch
+
+            torch.set_num_threads(profile.threads)
         names = [t.name for t in self.tenants]
         with report.step(f"Training soft prompts for {', '.join(names)} in one multi-tenant job"):
             t0 = time.perf_counter()

@@ -81,6 +81,9 @@ class TrainConfig:
         default=None, metadata={"help": "Steps between evals (default: per epoch)."}
     )
     eval_max_new_tokens: int = 16
+    eval_at_start: bool = field(
+        default=False, metadata={"help": "Also evaluate the initial prompt (step 0)."}
+    )
     scorers: list[str] = field(
         default_factory=list, metadata={"help": "Extra eval scorers (trace_ptune.evals specs), e.g. f1."}
     )

@@ -362,6 +362,7 @@ class _Trainer:
         self.step_cpu_seconds: list[float] = []
         self.tokens_seen = 0
         self.last_eval: list[EvalResult | None] = [None] * len(self.tenants)
+        self.init_eval: list[dict[str, float] | None] = [None] * len(self.tenants)
         if self.saved:
             self._restore(self.saved)
         if cfg.output_dir:
@@ -404,6 +405,9 @@ class _Trainer:
         cfg = self.cfg
         progress = _Progress(total=len(plan), done=self.step, enabled=not cfg.quiet and self.dist.rank == 0)
         stopped_early = False
+        if self.eval_examples and cfg.eval_at_start and self.step == 0:
+            self._evaluate_and_track()
+            self.init_eval = [ev.summary() if ev else None for ev in self.last_eval]
         with progress:
             while self.step < len(plan):
                 step_index = self.step
@@ -751,10 +755,10 @@ class _Trainer:
             "step_cpu_seconds": list(self.step_cpu_seconds),
         }
         for k, ev in enumerate(self.last_eval):
-            if ev is None:
-                continue
             suffix = f"/{self.tenants[k]}" if self.tenants[k] else ""
-            for m, v in ev.summary().items():
+            for m, v in (self.init_eval[k] or {}).items():
+                metrics[f"init_eval_{m}{suffix}"] = v
+            for m, v in (ev.summary() if ev else {}).items():
                 metrics[f"eval_{m}{suffix}"] = v
         if self.best_value is not None:
             metrics[f"best_eval_{self.cfg.best_metric}"] = self.best_value
