@@ -29,11 +29,10 @@ class DemoRun:
     stderr: str
 
 
-def run_demo_process(workdir: Path, model_cache: str | None) -> DemoRun:
+def run_demo_process(workdir: Path, model_cache: str) -> DemoRun:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     env.pop("TRACE_PTUNE_COLLECTOR", None)
-    if model_cache:
-        env["TRACE_PTUNE_MODEL_CACHE"] = model_cache
+    env["TRACE_PTUNE_MODEL_CACHE"] = model_cache  # the tiny preset builds in a second
     cmd = [sys.executable, "-m", "trace_ptune.cli.main", "demo", "--model", "tiny-random"]
     cmd += ["--keep", "--json", "--workdir", str(workdir)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=DEMO_TIMEOUT_S)
@@ -42,8 +41,18 @@ def run_demo_process(workdir: Path, model_cache: str | None) -> DemoRun:
     return DemoRun(workdir, Path(output["db"]), workdir / "home", output, proc.stderr)
 
 
+_RUNS: list[DemoRun] = []
+
+
+def shared_demo_run(factory: pytest.TempPathFactory) -> DemoRun:
+    """The session's one demo run (started on first use, whichever test module asks first)."""
+    if not _RUNS:
+        base = factory.mktemp("demo")
+        _RUNS.append(run_demo_process(base / "work", str(base / "model-cache")))
+    return _RUNS[0]
+
+
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
     """The kept result of one ``trace-ptune demo --model tiny-random --keep --json``."""
-    workdir = tmp_path_factory.mktemp("demo") / "work"
-    return run_demo_process(workdir, os.environ.get("TRACE_PTUNE_MODEL_CACHE"))
+    return shared_demo_run(tmp_path_factory)
