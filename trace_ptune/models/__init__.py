@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -33,6 +34,8 @@ from trace_ptune.errors import ModelLoadError
 from trace_ptune.models import gguf as _gguf
 from trace_ptune.models import tiny as _tiny
 from trace_ptune.models.fingerprint import model_fingerprint
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import torch
@@ -125,7 +128,22 @@ def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
 
 
 def load_model(spec: str, *, dtype: torch.dtype | str | None = None, device: str = "cpu") -> BaseModel:
-    """Load a frozen base model from a preset, a local directory, a ``.gguf`` file or a hub id."""
+    """Load a frozen base model from a preset, a local directory, a ``.gguf`` file or a hub id.
+
+    The model's contract name and fingerprint are registered with the instrumentation, so plain
+    ``model.generate()`` spans on it carry them too (never computed per call).
+    """
+    base = _load(spec, dtype=dtype, device=device)
+    try:
+        from trace_ptune.instrumentation.context import register_base_model
+
+        register_base_model(base)
+    except Exception:  # telemetry never breaks loading
+        logger.debug("could not register the base model with instrumentation", exc_info=True)
+    return base
+
+
+def _load(spec: str, *, dtype: torch.dtype | str | None, device: str) -> BaseModel:
     torch_dtype = resolve_dtype(dtype)
     spec = str(spec)
     if spec == _tiny.PRESET_NAME:

@@ -113,7 +113,7 @@ def lineage(source: Source, ref: str) -> list[dict[str, Any]]:
             row["metrics"] = _eval_metrics(json_value(s["Events"]) or [])
             row["detail"] = (
                 ", ".join(
-                    f"{m}={v.get('mean', float('nan')):.3f} (worst10% {v.get('worst_decile', float('nan')):.3f}, n={v.get('n')})"
+                    f"{m}={_fmt(v.get('mean'))} (worst10% {_fmt(v.get('worst_decile'))}, n={v.get('n')})"
                     for m, v in row["metrics"].items()
                 )
                 or f"eval {row['run_id']}"
@@ -211,3 +211,8 @@ def _production(source: Source, hashes: list[str], marks: str) -> list[dict[str,
             }
         )
     return rows
+
+
+def _fmt(value: object) -> str:
+    """A metric value for the detail column; absent values (older senders) print as '-'."""
+    return f"{value:.3f}" if isinstance(value, int | float) else "-"
