@@ -47,7 +47,7 @@ def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[psycopg.Conne
     from trace_ptune.collector.server import Collector, CollectorConfig
 
     run = shared_demo_run(tmp_path_factory)
-    collector = Collector(CollectorConfig(db=str(run.db), http=None, grpc=None, pg="127.0.0.1:0", quiet=True))
+    collector = Collector(CollectorConfig(db=str(run.db), http="127.0.0.1:0", grpc=None, pg="127.0.0.1:0", quiet=True))
     collector.start()
     try:
         port = int(collector.urls["pg"].rsplit(":", 1)[1].split("/")[0])

@@ -56,7 +56,7 @@ def test_promote_canary_and_rollback_change_what_is_served_without_restart(serve
 
 
 def test_a_new_version_saved_under_a_name_is_served_by_name_at_once(server, fleet, base):
-    from tests.server.conftest import make_adapter
+    from .conftest import make_adapter
 
     with server.client() as client:
         body = {**BODY, "model": "globex/faq"}

@@ -42,7 +42,7 @@ def test_sigterm_finishes_in_flight_requests_then_exits(tmp_path, tmp_home):
             time.sleep(0.2)
 
         auth = {"Authorization": "Bearer sk-acme"}
-        body = {"model": "tiny-random", "prompt": "once upon a time", "max_tokens": 200, "temperature": 0}
+        body = {"model": "tiny-random", "prompt": "once upon a time", "max_tokens": 120, "temperature": 0}
         assert httpx.post(f"{url}/v1/completions", json=body).status_code == 401
         outcome: dict[str, httpx.Response] = {}
         thread = threading.Thread(

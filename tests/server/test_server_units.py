@@ -181,7 +181,11 @@ def test_a_failed_decode_step_fails_its_batch_and_the_scheduler_goes_on(base, fl
     scheduler.start()
 
     async def one() -> object:
-        work = Work([GenerationRequest("hello", adapter=fleet.acme_v1, max_new_tokens=4)], None, asyncio.get_running_loop())
+        work = Work(
+            [GenerationRequest("hello", adapter=fleet.acme_v1, max_new_tokens=4)],
+            None,
+            asyncio.get_running_loop(),
+        )
         scheduler.submit(work)
         while True:
             for item in await work.events.get():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 
 import click
@@ -39,6 +40,8 @@ def demo(model: str, keep: bool, workdir: str | None, quiet: bool, as_json: bool
     from trace_ptune.demo.report import print_summary
 
     config = DemoConfig(model=model, workdir=workdir, keep=keep, quiet=quiet or as_json)
+    # SIGTERM unwinds like Ctrl-C, so the collector child is always stopped.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     result = run_demo(config)
     if as_json:
         sys.stdout.write(json.dumps(result.to_dict(), indent=2, default=str) + "\n")

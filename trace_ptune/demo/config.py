@@ -8,6 +8,7 @@ scored on its first generated token; ``smollm2-135m`` gets plain prompt tuning.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +55,13 @@ class Profile:
     threads: int | None = None  # torch threads (None: torch's default)
 
 
+def _threads() -> int | None:
+    """Torch threads for the real model: all cores but on a 2-core machine, where a second
+    thread contending with the collector and the OS costs more than it brings."""
+    cores = os.cpu_count() or 1
+    return 1 if cores <= 2 else None
+
+
 PROFILES = {
     "tiny-random": Profile(
         method=semconv.METHOD_PREFIX_TUNING,
@@ -81,6 +89,7 @@ PROFILES = {
         requests_per_phase=100,
         canary_percent=30.0,
         serve_batch=32,
+        threads=_threads(),
     ),
 }
 
