@@ -72,8 +72,12 @@ def main() -> None:
     answer_tokens = 1 if args.model == "tiny-random" else 2  # a random model: read its first token only
     scorer = [LabelMatch(["positive", "negative"])]  # the label the answer gives (or begins)
     instruction = "Sentiment (positive or negative).\n"
-    baseline = run_eval(golden, scorer, engine=engine, baseline_prompt=instruction, max_new_tokens=answer_tokens)
-    candidate = run_eval(golden, scorer, engine=engine, adapter=result.adapter_hash, max_new_tokens=answer_tokens)
+    baseline = run_eval(
+        golden, scorer, engine=engine, baseline_prompt=instruction, max_new_tokens=answer_tokens
+    )
+    candidate = run_eval(
+        golden, scorer, engine=engine, adapter=result.adapter_hash, max_new_tokens=answer_tokens
+    )
     gate = compare_results(baseline.results, candidate.results, GateConfig())
     print(
         f"gate: {'PASS' if gate.passed else 'FAIL'}  label_accuracy {baseline.metrics['label_accuracy']['mean']:.2f}"

@@ -47,7 +47,9 @@ def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[psycopg.Conne
     from trace_ptune.collector.server import Collector, CollectorConfig
 
     run = shared_demo_run(tmp_path_factory)
-    collector = Collector(CollectorConfig(db=str(run.db), http="127.0.0.1:0", grpc=None, pg="127.0.0.1:0", quiet=True))
+    collector = Collector(
+        CollectorConfig(db=str(run.db), http="127.0.0.1:0", grpc=None, pg="127.0.0.1:0", quiet=True)
+    )
     collector.start()
     try:
         port = int(collector.urls["pg"].rsplit(":", 1)[1].split("/")[0])
@@ -63,7 +65,9 @@ def _window() -> tuple[dt.datetime, dt.datetime]:
     return now - dt.timedelta(hours=24), now + dt.timedelta(minutes=5)  # the dashboards' default range
 
 
-def _run(conn: psycopg.Connection, sql: str, tenants: list[str] | None = None) -> tuple[list[str], list[tuple]]:
+def _run(
+    conn: psycopg.Connection, sql: str, tenants: list[str] | None = None
+) -> tuple[list[str], list[tuple]]:
     start, end = _window()
     text = expand(sql, start, end, {"tenant": tenants or ["__all"]})
     cur = conn.execute(text, prepare=False)
@@ -72,14 +76,21 @@ def _run(conn: psycopg.Connection, sql: str, tenants: list[str] | None = None) -
 
 
 def test_every_dashboard_is_found_and_uses_the_provisioned_data_source() -> None:
-    assert {p.stem for p in DASHBOARDS} == {"adapter-overview", "regressions", "training-runs", "latency-tokens"}
+    assert {p.stem for p in DASHBOARDS} == {
+        "adapter-overview",
+        "regressions",
+        "training-runs",
+        "latency-tokens",
+    }
     for _, panel in PANELS:
         assert panel["datasource"]["uid"] == "trace-ptune"
         assert panel["targets"] and all(t["rawQuery"] for t in panel["targets"])
 
 
 @pytest.mark.parametrize("title,panel", PANELS, ids=[t for t, _ in PANELS])
-def test_panel_sql_returns_what_its_panel_type_needs(pg: tuple[psycopg.Connection, DemoRun], title: str, panel: dict) -> None:
+def test_panel_sql_returns_what_its_panel_type_needs(
+    pg: tuple[psycopg.Connection, DemoRun], title: str, panel: dict
+) -> None:
     conn, _ = pg
     for target in panel["targets"]:
         columns, rows = _run(conn, target["rawSql"])
@@ -97,7 +108,9 @@ def test_panel_sql_returns_what_its_panel_type_needs(pg: tuple[psycopg.Connectio
 
 
 @pytest.mark.parametrize("title,panel", [p for p in PANELS if "${tenant" in json.dumps(p[1])][:2])
-def test_tenant_variable_filters_panels(pg: tuple[psycopg.Connection, DemoRun], title: str, panel: dict) -> None:
+def test_tenant_variable_filters_panels(
+    pg: tuple[psycopg.Connection, DemoRun], title: str, panel: dict
+) -> None:
     conn, _ = pg
     sql = panel["targets"][0]["rawSql"]
     _, everything = _run(conn, sql)

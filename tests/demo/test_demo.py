@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -61,7 +60,6 @@ def test_demo_keeps_its_files_in_the_workdir_only(demo_run: DemoRun) -> None:
     assert demo_run.db.is_file() and demo_run.db.parent == demo_run.workdir
     assert (demo_run.home / "adapters").is_dir()
     assert not Path(str(demo_run.db) + ".collector.json").exists()  # the collector stopped cleanly
-    assert os.environ.get("TRACE_PTUNE_HOME") != str(demo_run.home)
 
 
 def test_refuses_a_non_empty_workdir(tmp_path: Path) -> None:
@@ -76,11 +74,26 @@ def test_refuses_a_non_empty_workdir(tmp_path: Path) -> None:
     assert "Traceback" not in result.output
 
 
-@pytest.mark.parametrize("missing", ["acme_train_noisy"])
-def test_missing_bundled_split_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, missing: str) -> None:
+def test_missing_bundled_split_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from trace_ptune.demo import datasets
     from trace_ptune.errors import DataError
 
     monkeypatch.setattr(datasets, "data_dir", lambda: tmp_path)
-    with pytest.raises(DataError, match="acme_train_noisy.jsonl is missing"):
+    with pytest.raises(DataError, match=r"acme_train_noisy\.jsonl is missing"):
         datasets.split_path("acme", "train_noisy")
+
+
+def test_a_failure_is_one_sentence_and_the_collector_is_stopped(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    workdir = tmp_path / "work"
+    cmd = [sys.executable, "-m", "trace_ptune.cli.main", "demo", "-q", "--keep", "--workdir", str(workdir)]
+    proc = subprocess.run(
+        [*cmd, "--model", str(tmp_path / "no-such-model")], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("Error: No model found at") and "Traceback" not in proc.stderr
+    log = (workdir / "collector.log").read_text()
+    assert "collector stopped cleanly" in log  # SIGTERM: drained and checkpointed
+    assert not (workdir / "traces.duckdb.collector.json").exists()

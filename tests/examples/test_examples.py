@@ -28,7 +28,12 @@ def test_example_runs(script: Path, tmp_path: Path) -> None:
     env.pop("TRACE_PTUNE_COLLECTOR", None)
     env.update(TRACE_PTUNE_HOME=str(tmp_path / "home"), OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=TIMEOUT_S
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=TIMEOUT_S,
     )
     assert proc.returncode == 0, f"{script.name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     assert "Traceback" not in proc.stderr
