@@ -5,6 +5,12 @@ Area-specific fixtures live in ``tests/<area>/conftest.py``.
 
 from __future__ import annotations
 
+import os
+
+# The suite runs on 2 cores beside collector subprocesses: one intra-op thread per process avoids
+# OpenMP threads spinning against each other (a tiny-model step goes from ~30 ms to ~250 ms).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 from collections.abc import Iterator
 from pathlib import Path
 

@@ -11,24 +11,25 @@ Public API (re-exported lazily so ``import trace_ptune.collector`` never loads t
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from trace_ptune._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-# public name -> "module:attribute"
+# public name -> defining module
 _EXPORTS: dict[str, str] = {
-    "configure": "trace_ptune.telemetry:configure",
-    "get_tracer": "trace_ptune.telemetry:get_tracer",
-    "instrument": "trace_ptune.instrumentation:instrument",
-    "uninstrument": "trace_ptune.instrumentation:uninstrument",
-    "tags": "trace_ptune.instrumentation.context:tags",
-    "score": "trace_ptune.instrumentation.scoring:score",
-    "load_model": "trace_ptune.models:load_model",
-    "BaseModel": "trace_ptune.models:BaseModel",
-    "SoftPrompt": "trace_ptune.adapters.artifact:SoftPrompt",
-    "AdapterStore": "trace_ptune.adapters.store:AdapterStore",
-    "TracePtuneError": "trace_ptune.errors:TracePtuneError",
+    "configure": "trace_ptune.telemetry",
+    "get_tracer": "trace_ptune.telemetry",
+    "instrument": "trace_ptune.instrumentation",
+    "uninstrument": "trace_ptune.instrumentation",
+    "tags": "trace_ptune.instrumentation.context",
+    "score": "trace_ptune.instrumentation.scoring",
+    "load_model": "trace_ptune.models",
+    "BaseModel": "trace_ptune.models",
+    "SoftPrompt": "trace_ptune.adapters.artifact",
+    "AdapterStore": "trace_ptune.adapters.store",
+    "TracePtuneError": "trace_ptune.errors",
 }
 
 __all__ = [
@@ -47,18 +48,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:  # PEP 562: load heavy modules on first use only
-    target = _EXPORTS.get(name)
-    if target is None:
-        raise AttributeError(f"module 'trace_ptune' has no attribute {name!r}")
-    module_name, _, attr = target.partition(":")
-    value = getattr(importlib.import_module(module_name), attr)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs only

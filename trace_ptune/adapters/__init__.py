@@ -11,8 +11,9 @@ Names are re-exported lazily, so importing this package does not load torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from trace_ptune._lazy import lazy_exports
 
 _EXPORTS = {
     "SoftPrompt": "trace_ptune.adapters.artifact",
@@ -24,14 +25,7 @@ _EXPORTS = {
 
 __all__ = ["AdapterStore", "SoftPrompt", "adapter_hash", "export_peft", "import_peft"]
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'trace_ptune.adapters' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 if TYPE_CHECKING:

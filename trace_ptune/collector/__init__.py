@@ -9,7 +9,9 @@ Never imports torch or transformers: a collector host installs only the core pac
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from trace_ptune._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from trace_ptune.collector.client import CollectorClient
@@ -25,11 +27,4 @@ _LAZY = {
     "check_read_only": "trace_ptune.collector.sql_guard",
 }
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'trace_ptune.collector' has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(module), name)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

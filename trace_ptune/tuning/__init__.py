@@ -12,8 +12,9 @@ without torch. Names are re-exported lazily.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from trace_ptune._lazy import lazy_exports
 
 _EXPORTS = {
     "TrainConfig": "trace_ptune.tuning.config",
@@ -37,14 +38,7 @@ __all__ = [
     "train_multitenant",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'trace_ptune.tuning' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 if TYPE_CHECKING:
