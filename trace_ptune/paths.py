@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 from trace_ptune import semconv
 
@@ -41,3 +43,30 @@ def default_db() -> Path:
 def collector_side_file(db: Path) -> Path:
     """``<db>.collector.json``: written by a running collector beside its database."""
     return db.with_name(db.name + ".collector.json")
+
+
+def live_collector(db: Path) -> dict[str, Any] | None:
+    """The side file of a collector running on ``db``, or None when none is alive.
+
+    The side file is ``{"urls": {"http": ..., "grpc": ..., "pg": ...}, "pid": ..., "db": ...,
+    "started_at": ..., "auth": bool}``, written by ``trace-ptune collector run`` and removed when
+    it stops; a file left behind by a killed collector names a dead pid and is ignored.
+    """
+    side = collector_side_file(Path(db).expanduser())
+    try:
+        info = json.loads(side.read_text())
+        pid = int(info["pid"])
+        urls = info["urls"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(urls, dict):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # alive, owned by another user
+        pass
+    except OSError:
+        return None
+    return info

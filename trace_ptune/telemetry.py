@@ -31,7 +31,6 @@ Example::
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import os
 import socket
@@ -539,49 +538,17 @@ def _discover_local_collector() -> str | None:
     """
     explicit = _env(semconv.ENV_COLLECTOR)
     if explicit and explicit.startswith(("http://", "https://")):
-        return _find_otlp_url({"url": explicit})
-    url = _side_file_endpoint(paths.collector_side_file(paths.default_db()))
+        return explicit.rstrip("/").removesuffix("/v1/traces")
+    url = _side_file_endpoint(paths.default_db())
     if url:
         return url
     return DEFAULT_LOCAL_ENDPOINT if _port_open("127.0.0.1", 4318) else None
 
 
-def _side_file_endpoint(side: Path) -> str | None:
-    try:
-        info = json.loads(side.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(info, dict):
-        return None
-    pid = info.get("pid")
-    if isinstance(pid, int) and not _pid_alive(pid):
-        return None
-    return _find_otlp_url(info)
-
-
-def _find_otlp_url(info: Mapping[str, Any]) -> str | None:
-    for key in ("otlp_http", "otlp_http_url", "otlp_url", "otlp", "http_url", "http", "url"):
-        value = info.get(key)
-        if isinstance(value, str) and value.startswith(("http://", "https://")):
-            for suffix in ("/v1/traces", "/v1/query", "/"):
-                value = value.removesuffix(suffix)
-            return value
-    nested = info.get("urls")
-    if isinstance(nested, Mapping):
-        return _find_otlp_url(nested)
-    return None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    return True
+def _side_file_endpoint(db: Path) -> str | None:
+    info = paths.live_collector(db)
+    url = info["urls"].get("http") if info else None
+    return url if isinstance(url, str) else None
 
 
 def _port_open(host: str, port: int) -> bool:

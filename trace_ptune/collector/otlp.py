@@ -410,6 +410,9 @@ def _scalar(v: Any) -> Any:
     return any_value(v) if which else None
 
 
+_COMPLEX = ("complex",)  # marker: an evaluation event that needs the full _eval_row
+
+
 class _AttrCache:
     """Serialized ``KeyValue`` bytes -> its JSON fragment (``frag``), its promoted column
     (``prom``: (index, value), promoted keys only) and its (key, value) pair (``kv``).
@@ -503,6 +506,27 @@ class TraceConverter:
         self.cache = _AttrCache()
         self._resources: dict[bytes, tuple[str | None, str]] = {}
         self._names: dict[str, str] = {}
+        self._events: dict[tuple[str, tuple[bytes, ...]], tuple[str, Any]] = {}
+
+    def _event(self, key: tuple[str, tuple[bytes, ...]]) -> tuple[str, Any]:
+        """A span event's time-independent parts, cached by (name, serialized attributes): the
+        JSON after its timestamp, and for an evaluation result the columns it fills (``_COMPLEX``
+        when it carries attributes beyond name, score, label and explanation)."""
+        name, raws = key
+        frags = self.cache.frags(raws)
+        tail = '","Name":' + _dumps(name) + ',"Attributes":{' + ",".join(frags) + "}}"
+        score: Any = None
+        if name == semconv.EVENT_EVALUATION_RESULT:
+            attrs = dict(map(self.cache.kv.get, raws))
+            if not attrs.keys() <= _SIMPLE_EVENT_KEYS:
+                score = _COMPLEX
+            else:
+                ev = _event_eval_row(0, "", "", attrs, [None] * _N_PV, None)
+                score = ev[5:9]  # name, score_value, score_label, explanation
+        if len(self._events) > 50_000:
+            self._events.clear()
+        self._events[key] = (tail, score)
+        return tail, score
 
     def _resource(self, raw: bytes) -> tuple[str | None, str]:
         got = self._resources.get(raw)
@@ -531,13 +555,12 @@ class TraceConverter:
         frags_of = self.cache.frags
         pget = self.cache.prom.get
         kvget = self.cache.kv.get
+        ev_get = self._events.get
         iso_seconds = _ISO_SECONDS
         pv_range = _PV_RANGE
-        names = self._names
         kinds = SPAN_KINDS
         statuses = STATUS_CODES
         eval_name_idx = _EVAL_NAME_INDEX
-        eval_event = semconv.EVENT_EVALUATION_RESULT
         rejected = 0
         bad_reason = ""
         for rs in request.resource_spans:
@@ -573,32 +596,33 @@ class TraceConverter:
                     if evs:
                         parts = []
                         for e in evs:
-                            eraws = list(e.attributes)
-                            efrags = frags_of(eraws)
-                            ename = e.name
-                            jname = names.get(ename)
-                            if jname is None:
-                                jname = names[ename] = _dumps(ename)
+                            eraws = tuple(e.attributes)
+                            ekey = (e.name, eraws)
+                            ent = ev_get(ekey)
+                            if ent is None:
+                                ent = self._event(ekey)
                             et = e.time_unix_nano
                             eus = et // 1000
                             sec = eus // 1_000_000
                             rem = eus - sec * 1_000_000
                             base = iso_seconds.get(sec) or _iso_base(sec)
                             parts.append(
-                                '{"Timestamp":"' + base + (f".{rem:06d}Z" if rem else "Z") + '","Name":'
-                                + jname + ',"Attributes":{' + ",".join(efrags) + "}}"
-                            )  # fmt: skip
-                            if ename == eval_event:
-                                eval_rows.append(
-                                    _event_eval_row(
-                                        (et or end) // 1000,
-                                        trace_id,
-                                        span_id,
-                                        dict(map(kvget, eraws)),
-                                        pv,
-                                        service,
-                                    )
-                                )
+                                '{"Timestamp":"' + base + (f".{rem:06d}Z" if rem else "Z") + ent[0]
+                            )
+                            score = ent[1]
+                            if score is not None:  # gen_ai.evaluation.result
+                                if score is _COMPLEX:
+                                    eval_rows.append(
+                                        _eval_row(
+                                            (et or end) // 1000, trace_id, span_id, None, "span_event",
+                                            dict(map(kvget, eraws)), pv, service,
+                                        )
+                                    )  # fmt: skip
+                                else:
+                                    eval_rows.append(
+                                        ((et or end) // 1000, trace_id, span_id, None, "span_event",
+                                         *score, pv[10], pv[0], pv[1], pv[3], pv[4], pv[5], pv[7], service, "{}")
+                                    )  # fmt: skip
                         events_json = "[" + ",".join(parts) + "]"
                     links_json = "[]"
                     if s.links:

@@ -281,19 +281,7 @@ def _bind_error(what: str, address: str, option: str, exc: OSError) -> Collector
 
 def read_side_file(db: str | Path) -> dict[str, Any] | None:
     """The side file of a collector that is running on ``db`` (None when none is alive)."""
-    side = paths.collector_side_file(Path(db).expanduser())
-    try:
-        info = json.loads(side.read_text())
-        pid = int(info["pid"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        pass
-    return info
+    return paths.live_collector(Path(db))
 
 
 __all__ = ["Collector", "CollectorConfig", "parse_address", "parse_duration", "read_side_file"]

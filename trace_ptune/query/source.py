@@ -199,42 +199,12 @@ def _first_line(exc: BaseException) -> str:
 
 def side_file_url(db: Path) -> tuple[str | None, str | None]:
     """The query URL (and token, if recorded) of a live collector named by ``<db>.collector.json``."""
-    side = paths.collector_side_file(db)
-    try:
-        info = json.loads(side.read_text())
-    except (OSError, ValueError):
+    info = paths.live_collector(db)
+    if info is None:
         return None, None
-    if not isinstance(info, dict):
-        return None, None
-    pid = info.get("pid")
-    if isinstance(pid, int) and not _pid_alive(pid):
-        return None, None
-    url = _find_http_url(info)
+    url = info["urls"].get("http")
     token = info.get("token") if isinstance(info.get("token"), str) else None
-    return url, token
-
-
-def _find_http_url(info: dict[str, Any]) -> str | None:
-    for key in ("query_url", "http_url", "http", "url", "otlp_http"):
-        value = info.get(key)
-        if isinstance(value, str) and value.startswith(("http://", "https://")):
-            return value.removesuffix("/v1/query")
-    urls = info.get("urls")
-    if isinstance(urls, dict):
-        return _find_http_url(urls)
-    return None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    return True
+    return (url if isinstance(url, str) else None), token
 
 
 def open_source(
