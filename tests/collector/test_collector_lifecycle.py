@@ -196,3 +196,41 @@ def test_side_file_names_the_urls(tmp_path):
     assert info["pid"] == os.getpid() and info["urls"] == c.urls
     c.stop()
     assert not Path(str(db) + ".collector.json").exists()
+
+
+def test_migration_2_keeps_rows_of_a_version_1_file_and_compresses_json_with_zstd(tmp_path):
+    from trace_ptune.collector import schema
+    from trace_ptune.collector.store import migrate
+
+    db = tmp_path / "v1.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMP)")
+    for stmt in schema.MIGRATIONS[0][1]:
+        con.execute(stmt)
+    con.execute("INSERT INTO schema_migrations VALUES (1, now()::TIMESTAMP)")
+    con.execute(
+        "INSERT INTO spans (Timestamp, TraceId, SpanId, SpanName, SpanAttributes, Events, adapter_hash) "
+        """VALUES (TIMESTAMP '2025-01-01', 'ab', 'cd', 'x', '{"k":1}', '[]', 'sha256:1')"""
+    )
+    con.execute(
+        "INSERT INTO evaluations (Timestamp, source, name, score_value) VALUES (now(), 'log', 'em', 1)"
+    )
+    assert migrate(con) == schema.LATEST_VERSION
+    assert con.execute("SELECT SpanAttributes->>'k', adapter_hash FROM spans").fetchall() == [
+        ("1", "sha256:1")
+    ]
+    assert con.execute("SELECT name, score_value FROM evaluations").fetchall() == [("em", 1.0)]
+    ddl = con.execute("SELECT sql FROM duckdb_tables() WHERE table_name = 'spans'").fetchone()[0]
+    assert "SpanAttributes JSON USING COMPRESSION ZSTD" in ddl
+    cols = [
+        r[0]
+        for r in con.execute("SELECT column_name FROM duckdb_columns() WHERE table_name = 'spans'").fetchall()
+    ]
+    assert cols[:3] == ["Timestamp", "TraceId", "SpanId"] and len(cols) == 32
+    assert {r[0] for r in con.execute("SHOW TABLES").fetchall()} >= {
+        "spans",
+        "evaluations",
+        "logs",
+        "metrics",
+    }
+    con.close()

@@ -60,18 +60,24 @@ ADAPTER_COLUMNS = (
 )  # fmt: skip
 
 # Column types the writer needs to build typed batches: "ts" (µs int -> TIMESTAMP), "int",
-# "float", "bool", anything else is text.
+# "float", "bool", "json" (text this module encoded: handed to DuckDB as Arrow's JSON extension
+# type, which DuckDB takes without re-parsing every document), anything else is text.
 COLUMN_KINDS: dict[str, dict[str, str]] = {
     semconv.TABLE_SPANS: {
         "Timestamp": "ts", "Duration": "int", "adapter_version": "int", "input_tokens": "int",
-        "output_tokens": "int", "virtual_tokens": "int",
+        "output_tokens": "int", "virtual_tokens": "int", "ResourceAttributes": "json",
+        "SpanAttributes": "json", "Events": "json", "Links": "json",
     },
-    semconv.TABLE_EVALUATIONS: {"Timestamp": "ts", "score_value": "float"},
+    semconv.TABLE_EVALUATIONS: {"Timestamp": "ts", "score_value": "float", "Attributes": "json"},
     semconv.TABLE_METRICS: {
         "Timestamp": "ts", "StartTimestamp": "ts", "Value": "float", "Count": "int", "Sum": "float",
-        "Min": "float", "Max": "float", "IsMonotonic": "bool",
+        "Min": "float", "Max": "float", "IsMonotonic": "bool", "ResourceAttributes": "json",
+        "Attributes": "json", "BucketCounts": "json", "ExplicitBounds": "json",
     },
-    semconv.TABLE_LOGS: {"Timestamp": "ts", "ObservedTimestamp": "ts", "SeverityNumber": "int"},
+    semconv.TABLE_LOGS: {
+        "Timestamp": "ts", "ObservedTimestamp": "ts", "SeverityNumber": "int",
+        "ResourceAttributes": "json", "Body": "json", "LogAttributes": "json",
+    },
     semconv.TABLE_ADAPTERS: {
         "adapter_version": "int", "num_virtual_tokens": "int", "first_seen": "ts", "last_seen": "ts",
     },
@@ -179,8 +185,14 @@ _ARROW_TYPES: dict[str, Any] = {}
 
 def _arrow_type(kind: str) -> Any:
     if not _ARROW_TYPES:
+        json_type = pa.json_(pa.string()) if hasattr(pa, "json_") else pa.string()  # pyarrow >= 19
         _ARROW_TYPES.update(
-            ts=pa.timestamp("us"), int=pa.int64(), float=pa.float64(), bool=pa.bool_(), text=pa.string()
+            ts=pa.timestamp("us"),
+            int=pa.int64(),
+            float=pa.float64(),
+            bool=pa.bool_(),
+            text=pa.string(),
+            json=json_type,
         )
     return _ARROW_TYPES[kind]
 
@@ -606,9 +618,7 @@ class TraceConverter:
                             sec = eus // 1_000_000
                             rem = eus - sec * 1_000_000
                             base = iso_seconds.get(sec) or _iso_base(sec)
-                            parts.append(
-                                '{"Timestamp":"' + base + (f".{rem:06d}Z" if rem else "Z") + ent[0]
-                            )
+                            parts.append('{"Timestamp":"' + base + (f".{rem:06d}Z" if rem else "Z") + ent[0])
                             score = ent[1]
                             if score is not None:  # gen_ai.evaluation.result
                                 if score is _COMPLEX:
