@@ -142,14 +142,25 @@ def test_rows_joining_a_running_batch_match_reference(base64):
 
 def test_streamed_text_deltas_add_up_to_the_result(base64):
     engine = _engine(base64, _adapters(base64))
-    state = engine.start([GenerationRequest(PROMPTS[0], adapter="pt2", max_new_tokens=10)])
-    pieces, result = [], None
+    requests = [
+        GenerationRequest(prompt, adapter=adapter, max_new_tokens=n)
+        for prompt, adapter, n in zip(
+            PROMPTS, ["pt2", None, "prefix3", "ptune7"], [10, 7, 5, 3], strict=False
+        )
+    ]
+    state = engine.start(requests)
+    pieces: dict[int, list[str]] = {}
+    results = {}
     while not state.done:
         for event in engine.step(state):
-            pieces.append(event.text)
-            result = event.result or result
-    assert result is not None and "".join(pieces) == result.text
-    assert len(pieces) == 10
+            pieces.setdefault(event.seq_id, []).append(event.text)
+            if event.result is not None:
+                results[event.seq_id] = event.result
+    assert len(results) == len(requests)
+    for seq_id, result in results.items():
+        assert result.text, "every row generates some text"
+        assert "".join(pieces[seq_id]) == result.text  # the last step's piece is not dropped
+        assert len(pieces[seq_id]) == result.output_tokens
 
 
 def test_more_requests_than_batch_slots_wait_their_turn(base64):

@@ -356,7 +356,7 @@ class Engine:
             if row.finish_reason is not None:
                 if not stream and not row.request.stop:
                     row.text = self._decode(row.generated)
-                delta = row.text[row.emitted :]
+                delta += row.text[row.emitted :]  # this step's piece, then any tail held back
                 row.emitted = len(row.text)
                 result = self._finish(row, self._result(row))
             events.append(TokenEvent(row.seq_id, row.request, token_id=token, text=delta, result=result))
