@@ -48,7 +48,8 @@ def test_adapters_list_show_promote_rollback(make_sp, tiny: BaseModel) -> None:
     )
     (state,) = run_json("adapters", "promote", "acme/bot@1", "acme/bot@prod", "--tenant", "acme")
     assert state["adapter_hash"] == v1.hash and state["tenant"] == "acme"
-    (state,) = run_json("adapters", "promote", v2.hash12, "acme/bot@prod", "--canary", "25")
+    # the spelling: --deployment as an option
+    (state,) = run_json("adapters", "promote", v2.hash12, "--deployment", "acme/bot@prod", "--canary", "25")
     assert (state["canary_hash"], state["canary_percent"]) == (v2.hash, 25.0)
     (state,) = run_json("adapters", "rollback", "acme/bot@prod")
     assert state["canary_hash"] is None

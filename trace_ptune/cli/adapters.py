@@ -162,6 +162,12 @@ def export_peft_cmd(ctx: click.Context, ref: str, out_dir: Path, base_spec: str 
 @click.argument("ref")
 @click.argument("deployment", required=False)
 @click.option(
+    "--deployment",
+    "deployment_option",
+    default=None,
+    help="Deployment to point at REF, e.g. acme/support@prod (same as the DEPLOYMENT argument).",
+)
+@click.option(
     "--canary", "canary_percent", type=float, default=None, help="Serve it beside the primary at this %."
 )
 @click.option("--tenant", default=None, help="Tenant the deployment belongs to.")
@@ -172,11 +178,17 @@ def promote(
     ctx: click.Context,
     ref: str,
     deployment: str | None,
+    deployment_option: str | None,
     canary_percent: float | None,
     tenant: str | None,
     fmt: str,
 ) -> None:
     """Serve REF on DEPLOYMENT (default: the adapter's name); --canary keeps the primary."""
+    if deployment and deployment_option and deployment != deployment_option:
+        raise click.UsageError(
+            f"Two deployments were given ({deployment!r} and --deployment {deployment_option!r}); pass one."
+        )
+    deployment = deployment or deployment_option
     state = _store(ctx).promote(ref, deployment, canary_percent=canary_percent, tenant=tenant)
     _emit_record(state, fmt, title="promoted")
 
