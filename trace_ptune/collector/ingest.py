@@ -163,13 +163,14 @@ class Ingestor:
 
     def export_bytes(self, signal: str, body: bytes, fmt: str) -> ExportResult:
         """Store an encoded request; raise ``BadPayload``, ``QueueFull`` or ``CollectorError``."""
-        if self._pool is not None and body:
-            try:
-                batch = self._pool.submit(_worker_convert, signal, body, fmt).result()
-            except cf.process.BrokenProcessPool as exc:  # pragma: no cover - worker crashed
-                raise CollectorError(f"a parsing worker died: {exc}") from None
-        else:
-            batch = self._conv.convert_body(signal, body, fmt)
+        with self.store.converting():
+            if self._pool is not None and body:
+                try:
+                    batch = self._pool.submit(_worker_convert, signal, body, fmt).result()
+                except cf.process.BrokenProcessPool as exc:  # pragma: no cover - worker crashed
+                    raise CollectorError(f"a parsing worker died: {exc}") from None
+            else:
+                batch = self._conv.convert_body(signal, body, fmt)
         return self._store(signal, batch)
 
     def export_message(self, signal: str, msg: Any) -> ExportResult:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import json
+import operator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -422,6 +423,8 @@ def _scalar(v: Any) -> Any:
     return any_value(v) if which else None
 
 
+# A span's adapter identity (ADAPTER_COLUMNS after the hash) from its promoted values.
+_IDENT_OF = operator.itemgetter(1, 2, 16, 17, 18, 6, 7)
 _COMPLEX = ("complex",)  # marker: an evaluation event that needs the full _eval_row
 
 
@@ -568,6 +571,7 @@ class TraceConverter:
         pget = self.cache.prom.get
         kvget = self.cache.kv.get
         ev_get = self._events.get
+        ident_of = _IDENT_OF
         iso_seconds = _ISO_SECONDS
         pv_range = _PV_RANGE
         kinds = SPAN_KINDS
@@ -674,7 +678,7 @@ class TraceConverter:
                         )
                     h = pv[0]
                     if h is not None:
-                        ident = (pv[1], pv[2], pv[16], pv[17], pv[18], pv[6], pv[7])
+                        ident = ident_of(pv)
                         if seen.get(h) != ident:
                             seen[h] = ident
                             _note_adapter(adapters, h, ident, start_us)

@@ -46,7 +46,7 @@ _SCORED_SPAN_WINDOW_US = 7 * 24 * 3600 * 1_000_000
 # How long an evaluation waits in memory for a scored span that has not arrived yet.
 _PENDING_TTL_S = 3600.0
 _PENDING_MAX = 200_000
-CHECKPOINT_THRESHOLD = "128MB"
+CHECKPOINT_THRESHOLD = "512MB"
 
 
 class QueueFull(CollectorError):
@@ -197,21 +197,28 @@ class Store:
         *,
         max_queue_rows: int = 200_000,
         group_rows: int = 32_768,
+        group_min_rows: int = 4096,
+        group_wait_s: float = 0.02,
         retain_seconds: float | None = None,
     ) -> None:
         self.path = Path(path)
         self.max_queue_rows = max_queue_rows
         self.group_rows = group_rows
+        self.group_min_rows = group_min_rows
+        self.group_wait_s = group_wait_s
         self.retain_seconds = retain_seconds
         self.stats = Stats()
         self._con = connect(self.path)
         # Checkpoints recompress the open row group: at the default 16 MB of WAL a row group of
-        # spans is rewritten ~10 times while it fills. Committed data is durable in the WAL either
-        # way; a larger threshold only makes replay after a crash longer (about a second).
+        # spans is rewritten ~10 times while it fills, and every rewrite leaves free blocks. At
+        # 512 MB (~350k spans) the writer spends ~20% less per span than at 128 MB and the file
+        # is ~35% smaller after 400k spans. Committed data is durable in the WAL either way; a
+        # larger threshold only makes replay after a crash longer (~1 s for 470 MB).
         self._con.execute(f"SET checkpoint_threshold = '{CHECKPOINT_THRESHOLD}'")
         self.schema_version = migrate(self._con)
         self._queue: queue.Queue[Any] = queue.Queue()
         self._queued_rows = 0
+        self._converting = 0  # requests between receipt and submit (see converting())
         self._qlock = threading.Lock()
         self._gate = _ReadGate()
         self._pending: dict[str, float] = {}  # scored SpanId -> expiry (monotonic)
@@ -227,6 +234,17 @@ class Store:
     @property
     def queue_rows(self) -> int:
         return self._queued_rows
+
+    @contextlib.contextmanager
+    def converting(self) -> Iterator[None]:
+        """Mark a request as being converted, so the writer may wait for it to join a commit."""
+        with self._qlock:
+            self._converting += 1
+        try:
+            yield
+        finally:
+            with self._qlock:
+                self._converting -= 1
 
     def submit(self, batch: otlp.Batch, signal: str) -> Ticket:
         """Queue a converted batch; raise :class:`QueueFull` when the queue has no room."""
@@ -307,11 +325,23 @@ class Store:
             writes = [item]
             rows = item.rows
             task = None
+            # Group commit: take what is queued and, while the group is small and requests are
+            # being converted right now, wait a little for them (a commit of 2,048 spans costs
+            # about half as much per span as four commits of 512). A lone client never waits.
+            linger_until = time.monotonic() + self.group_wait_s
             while rows < self.group_rows:
                 try:
                     nxt = self._queue.get_nowait()
                 except queue.Empty:
-                    break
+                    if rows >= self.group_min_rows or not self._converting:
+                        break
+                    wait = linger_until - time.monotonic()
+                    if wait <= 0:
+                        break
+                    try:
+                        nxt = self._queue.get(timeout=min(wait, 0.001))
+                    except queue.Empty:
+                        continue
                 if nxt is _STOP:
                     stop = True
                     break
