@@ -201,3 +201,127 @@ def test_a_failed_decode_step_fails_its_batch_and_the_scheduler_goes_on(base, fl
     assert _result_error(failed).status == 500
     assert ok.error is None and ok.output_tokens > 0
     assert scheduler.inflight == 0
+
+
+class _Batch:
+    """What ``Scheduler._admit_waiting`` reads of a running batch."""
+
+    def __init__(self, active: int) -> None:
+        self.active = active
+        self.pending = 0
+
+    def __len__(self) -> int:
+        return self.active + self.pending
+
+
+def test_arrivals_gather_before_joining_a_running_batch():
+    import asyncio
+
+    from trace_ptune.runtime.server.scheduler import Scheduler, Work
+
+    loop = asyncio.new_event_loop()
+    try:
+        scheduler = Scheduler(object(), max_batch_size=16, join_fraction=0.25, join_max_wait_steps=3)
+        batch, admitted = _Batch(active=8), []
+
+        def admit(work):
+            admitted.append(work)
+            batch.pending += len(work.requests)
+
+        def arrive(rows: int) -> Work:
+            work = Work(["r"] * rows, parent=None, loop=loop)
+            scheduler.submit(work)
+            return work
+
+        one = arrive(1)
+        scheduler._admit_waiting(batch, admit)
+        assert admitted == []  # 1 row is under a quarter of the 9 in flight: it waits
+        scheduler.steps += 2
+        two = arrive(1)
+        scheduler._admit_waiting(batch, admit)
+        assert admitted == []
+        scheduler.steps += 1  # the oldest has now waited 3 steps: both join, in one go
+        scheduler._admit_waiting(batch, admit)
+        assert admitted == [one, two] and scheduler.joins == 1
+
+        three = arrive(3)  # 3 rows >= a quarter of 8 + 2 + 3 in flight: joins at once
+        scheduler._admit_waiting(batch, admit)
+        assert admitted[-1] is three and scheduler.joins == 2
+
+        batch.active, batch.pending = 0, 0  # nothing else to run: no reason to wait
+        four = arrive(1)
+        scheduler._admit_waiting(batch, admit)
+        assert admitted[-1] is four
+
+        batch.active, batch.pending = 15, 0  # the arrivals fill the last free slot
+        five = arrive(1)
+        scheduler._admit_waiting(batch, admit)
+        assert admitted[-1] is five
+
+        batch.active, batch.pending = 16, 0  # full: held until a slot frees, however long it waited
+        six = arrive(1)
+        scheduler.steps += 10
+        scheduler._admit_waiting(batch, admit)
+        assert admitted[-1] is five and scheduler._held == [six]
+        batch.active = 15  # a row finished
+        scheduler._admit_waiting(batch, admit)
+        assert admitted[-1] is six and scheduler._held == []
+
+        eager = Scheduler(object(), join_fraction=0, join_max_wait_steps=8)
+        seven = Work(["r"], parent=None, loop=loop)
+        eager.submit(seven)
+        eager._admit_waiting(_Batch(active=31), admit)
+        assert admitted[-1] is seven  # join_fraction 0: at the next step, as before
+    finally:
+        loop.close()
+
+
+def test_join_settings_are_checked():
+    from trace_ptune.runtime.server.scheduler import Scheduler
+
+    with pytest.raises(ConfigError, match="join_fraction"):
+        Scheduler(object(), join_fraction=1.5)
+    with pytest.raises(ConfigError, match="join_max_wait_steps"):
+        Scheduler(object(), join_max_wait_steps=-1)
+
+
+def test_a_held_request_joins_the_running_batch_and_matches_its_reference(base, fleet):
+    import asyncio
+
+    from trace_ptune.runtime import Engine, GenerationRequest
+    from trace_ptune.runtime.server.scheduler import Done, Scheduler, Work
+
+    engine = Engine(base, store=fleet.store)
+    # 1 arrival beside 1 running row is under join_fraction 1.0: it waits the 4 steps
+    scheduler = Scheduler(engine, batch_wait_ms=0, join_fraction=1.0, join_max_wait_steps=4)
+    scheduler.start()
+    long = GenerationRequest("the cat sat", adapter=fleet.acme_v1, max_new_tokens=60)
+    late = GenerationRequest("hello world", adapter=fleet.globex, max_new_tokens=8)
+    expected = engine.generate([GenerationRequest("hello world", adapter=fleet.globex, max_new_tokens=8)])[0]
+
+    async def run() -> tuple[object, int]:
+        loop = asyncio.get_running_loop()
+        first = Work([long], parent=None, loop=loop)
+        scheduler.submit(first)
+        while scheduler.steps < 3:
+            await asyncio.sleep(0.001)
+        joined = Work([late], parent=None, loop=loop)
+        scheduler.submit(joined)
+        arrived = scheduler.steps
+        while True:
+            items = await joined.events.get()
+            done = [i for i in items if isinstance(i, Done)]
+            if done:
+                finished_at = scheduler.steps
+                break
+        while not any(isinstance(i, Done) for i in await first.events.get()):
+            pass
+        return done[0].result, finished_at - arrived
+
+    try:
+        result, steps = asyncio.run(run())
+    finally:
+        scheduler.stop(30)
+    assert result.text == expected.text and result.token_ids == expected.token_ids
+    assert scheduler.batches == 1 and scheduler.joins == 1  # it joined the running batch
+    assert steps >= 4 + 8 - 1  # it waited for the gate, then decoded its 8 tokens

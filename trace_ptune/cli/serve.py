@@ -50,7 +50,8 @@ logger = logging.getLogger(__name__)
     type=click.Choice(["iteration", "request"]),
     default="iteration",
     show_default=True,
-    help="iteration: new requests join the running batch at the next decode step; request: batches run to their end.",
+    help="iteration: new requests join the running batch between decode steps (gated by --join-fraction); "
+    "request: batches run to their end.",
 )
 @click.option("--dtype", default=None, help="Load the base in this dtype (float32, float64, bfloat16).")
 @click.option(
@@ -81,6 +82,21 @@ logger = logging.getLogger(__name__)
     help="Intra-op threads for the model (default: torch's choice; 1 is best on small shared machines).",
 )
 @click.option(
+    "--join-fraction",
+    type=click.FloatRange(0, 1),
+    default=0.125,
+    show_default=True,
+    help="Iteration scheduling: arrivals join a running batch once they are this share of the rows "
+    "in flight (0: at every step).",
+)
+@click.option(
+    "--join-max-wait-steps",
+    type=click.IntRange(0),
+    default=8,
+    show_default=True,
+    help="Iteration scheduling: ... or once the oldest arrival has waited this many decode steps.",
+)
+@click.option(
     "--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"])
 )
 @handle_errors
@@ -99,6 +115,8 @@ def serve(
     allow_base_mismatch: bool,
     capture_content: bool,
     torch_threads: int | None,
+    join_fraction: float,
+    join_max_wait_steps: int,
     log_level: str,
 ) -> None:
     """Serve soft prompts over an OpenAI-compatible HTTP API (SIGTERM drains and exits)."""
@@ -132,6 +150,8 @@ def serve(
         max_batch_size=max_batch_size,
         batch_wait_ms=batch_wait_ms,
         scheduling=scheduling,
+        join_fraction=join_fraction,
+        join_max_wait_steps=join_max_wait_steps,
         canary_seed=canary_seed,
         on_shutdown=telemetry.force_flush if telemetry is not None else None,
     )

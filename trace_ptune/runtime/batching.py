@@ -52,6 +52,20 @@ def _cache(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
     return DynamicCache(layers) if layers else DynamicCache()
 
 
+def _reuse(cache: DynamicCache, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
+    """``cache`` holding ``layers`` instead of its tensors; the caller gives up the old ones.
+
+    ``DynamicCache(layers)`` copies every tensor once more (it concatenates them onto empty
+    ones); swapping the tensors of the existing layers costs nothing.
+    """
+    used = [layer for layer in cache.layers if layer.keys is not None]
+    if len(used) != len(layers) or not layers:
+        return _cache(layers)
+    for layer, (keys, values) in zip(used, layers, strict=True):
+        layer.keys, layer.values = keys, values
+    return cache
+
+
 def build_prefix_cache(
     prefixes: list[torch.Tensor | None],
     *,
@@ -147,7 +161,9 @@ def decode(model: Any, state: KVBatch) -> torch.Tensor:
 
 
 def select_rows(state: KVBatch, keep: list[int]) -> KVBatch:
-    """The batch restricted to rows ``keep``, with all-padding leading columns trimmed."""
+    """The batch restricted to rows ``keep``, with all-padding leading columns trimmed.
+
+    ``state`` must not be used afterwards: its cache object is reused."""
     index = torch.tensor(keep, dtype=torch.long, device=state.mask.device)
     mask = state.mask.index_select(0, index)
     start = _first_used_column(mask)
@@ -156,7 +172,7 @@ def select_rows(state: KVBatch, keep: list[int]) -> KVBatch:
         for k, v in _layers(state.cache)
     ]
     return KVBatch(
-        cache=_cache(layers),
+        cache=_reuse(state.cache, layers),
         mask=mask[:, start:],
         positions=state.positions.index_select(0, index),
         last_tokens=state.last_tokens.index_select(0, index),
@@ -164,7 +180,9 @@ def select_rows(state: KVBatch, keep: list[int]) -> KVBatch:
 
 
 def merge(a: KVBatch, b: KVBatch) -> KVBatch:
-    """Rows of ``a`` then rows of ``b`` in one batch; the shorter cache is left-padded."""
+    """Rows of ``a`` then rows of ``b`` in one batch; the shorter cache is left-padded.
+
+    ``a`` and ``b`` must not be used afterwards: ``a``'s cache object is reused."""
     length = max(a.length, b.length)
     layers_a, layers_b = _layers(a.cache), _layers(b.cache)
     layers = []
@@ -176,7 +194,7 @@ def merge(a: KVBatch, b: KVBatch) -> KVBatch:
             )
         )
     return KVBatch(
-        cache=_cache(layers),
+        cache=_reuse(a.cache, layers),
         mask=torch.cat((_left_pad(a.mask, length), _left_pad(b.mask, length)), dim=0),
         positions=torch.cat((a.positions, b.positions)),
         last_tokens=torch.cat((a.last_tokens, b.last_tokens)),

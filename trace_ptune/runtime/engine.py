@@ -253,6 +253,8 @@ class Engine:
             if state.kv is not None and state.rows:
                 logits = batching.decode(self.model, state.kv)
                 events += self._advance(state.rows, state.kv, logits, state.stream)
+                # rows that finished leave before any merge, so their cache is copied once
+                self._drop_finished(state)
             room = self.max_batch_size - len(state.rows)
             if state.pending and room > 0:
                 joining, state.pending = state.pending[:room], state.pending[room:]
@@ -266,12 +268,16 @@ class Engine:
                 events += self._advance(joining, new_kv, logits, state.stream)
                 state.kv = new_kv if state.kv is None or not state.rows else batching.merge(state.kv, new_kv)
                 state.rows = state.rows + joining
-            keep = [i for i, row in enumerate(state.rows) if row.finish_reason is None]
-            if len(keep) < len(state.rows):
-                state.rows = [state.rows[i] for i in keep]
-                state.kv = batching.select_rows(state.kv, keep) if keep else None
+                self._drop_finished(state)  # rows done at their first token
             state.steps += 1
             return events
+
+    @staticmethod
+    def _drop_finished(state: BatchState) -> None:
+        keep = [i for i, row in enumerate(state.rows) if row.finish_reason is None]
+        if len(keep) < len(state.rows):
+            state.rows = [state.rows[i] for i in keep]
+            state.kv = batching.select_rows(state.kv, keep) if keep else None
 
     def abort(self, state: BatchState, error: BaseException) -> list[GenerationResult]:
         """End every sequence of ``state`` with ``error`` (after a failed forward pass)."""

@@ -80,6 +80,8 @@ def create_app(
     max_batch_size: int = 32,
     batch_wait_ms: float = 5.0,
     scheduling: str = "iteration",
+    join_fraction: float = 0.125,
+    join_max_wait_steps: int = 8,
     poll_interval_s: float = 0.0,
     canary_seed: int | None = None,
     on_shutdown: Callable[[], Any] | None = None,
@@ -93,7 +95,14 @@ def create_app(
         poll_interval_s=poll_interval_s,
         canary_seed=canary_seed,
     )
-    scheduler = Scheduler(engine, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms, mode=scheduling)
+    scheduler = Scheduler(
+        engine,
+        max_batch_size=max_batch_size,
+        batch_wait_ms=batch_wait_ms,
+        mode=scheduling,
+        join_fraction=join_fraction,
+        join_max_wait_steps=join_max_wait_steps,
+    )
     state = ServerState(engine, router, scheduler, api_keys, on_shutdown)
 
     @contextlib.asynccontextmanager
@@ -175,6 +184,7 @@ async def _health(request: Request) -> Response:
             "rows": state.scheduler.rows,
             "max_rows_in_a_step": state.scheduler.max_rows_seen,
             "step_seconds": round(state.scheduler.step_seconds, 3),
+            "joins": state.scheduler.joins,
             "scheduling": state.scheduler.mode,
             "uptime_s": round(time.time() - state.started_at, 3),
         },

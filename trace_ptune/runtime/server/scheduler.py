@@ -6,10 +6,12 @@ HTTP handlers submit a :class:`Work` (every choice of one request) and await its
 - ``request`` scheduling (dynamic micro-batching): wait for the first work, keep collecting for
   ``batch_wait_ms`` or until ``max_batch_size`` rows, then run that batch to its end. Works
   arriving meanwhile wait for the next batch.
-- ``iteration`` scheduling: the same first batch, but works arriving while it runs join it at the
-  next decode step (the engine's ``start`` / ``add`` / ``step`` API), so a short request never
-  waits behind a long one. The engine caps rows decoding together at its ``max_batch_size``;
-  more wait inside the batch for a free slot.
+- ``iteration`` scheduling: the same first batch, but works arriving while it runs join it at a
+  decode step boundary (the engine's ``start`` / ``add`` / ``step`` API), so a short request never
+  waits behind a long one. Joins are gated: arrivals gather until they are ``join_fraction`` of
+  the rows in flight or the oldest has waited ``join_max_wait_steps`` steps (or the batch is idle
+  or would be full), then join in one prefill; see :meth:`Scheduler._admit_waiting`. The engine
+  caps rows decoding together at its ``max_batch_size``; more wait inside the batch for a slot.
 
 Events go back to the event loop with ``call_soon_threadsafe``, one list per work per step.
 """
@@ -78,6 +80,8 @@ class Scheduler:
         max_batch_size: int = 32,
         batch_wait_ms: float = 5.0,
         mode: str = "iteration",
+        join_fraction: float = 0.125,
+        join_max_wait_steps: int = 8,
     ) -> None:
         if mode not in SCHEDULING_MODES:
             raise ConfigError(f"Unknown scheduling {mode!r}; use one of {', '.join(SCHEDULING_MODES)}.")
@@ -85,7 +89,15 @@ class Scheduler:
             raise ConfigError(f"max_batch_size={max_batch_size} must be >= 1.")
         if batch_wait_ms < 0:
             raise ConfigError(f"batch_wait_ms={batch_wait_ms} must be >= 0.")
+        if not 0 <= join_fraction <= 1:
+            raise ConfigError(f"join_fraction={join_fraction} must be between 0 and 1.")
+        if join_max_wait_steps < 0:
+            raise ConfigError(f"join_max_wait_steps={join_max_wait_steps} must be >= 0.")
         self.engine = engine
+        self.join_fraction = join_fraction
+        self.join_max_wait_steps = join_max_wait_steps
+        self._held: list[Work] = []  # arrived during a batch, waiting to join it
+        self._held_since = 0  # decode step at which the oldest held work arrived
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_ms / 1000.0
         self.mode = mode
@@ -101,6 +113,7 @@ class Scheduler:
         self.rows = 0
         self.max_rows_seen = 0
         self.step_seconds = 0.0  # time inside engine.step
+        self.joins = 0  # times works joined a running batch
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -134,7 +147,7 @@ class Scheduler:
     # ------------------------------------------------------------------ the thread
     def _run(self) -> None:
         while True:
-            first = self._inbox.get()
+            first = self._held.pop(0) if self._held else self._inbox.get()
             if first is None:
                 if self._inbox.empty():
                     return
@@ -206,16 +219,41 @@ class Scheduler:
                 return
 
     def _admit_waiting(self, state: Any, admit: Any) -> None:
-        """Iteration-level scheduling: works that arrived join the running batch now."""
-        while len(state) < self.max_batch_size:
+        """Iteration-level scheduling: works that arrived join the running batch.
+
+        Every join costs a prefill forward pass and a copy of the batch's K/V cache, about as
+        much as a decode step on a small model. So arrivals gather until they are at least
+        ``join_fraction`` of the rows in flight, or the oldest has waited
+        ``join_max_wait_steps`` decode steps, or the batch has nothing else to run (or no room
+        left for more), and then join in one prefill.
+        """
+        while True:
             try:
                 work = self._inbox.get_nowait()
             except queue.Empty:
-                return
+                break
             if work is None:  # stop(): keep the marker for the outer loop
                 self._inbox.put(None)
-                return
-            admit(work)
+                break
+            if not self._held:
+                self._held_since = self.steps
+            self._held.append(work)
+        if not self._held:
+            return
+        held = sum(len(w.requests) for w in self._held)
+        room = self.max_batch_size - len(state)
+        if not (
+            state.active == 0
+            or held >= room
+            or held >= self.join_fraction * (state.active + held)
+            or self.steps - self._held_since >= self.join_max_wait_steps
+        ):
+            return
+        if self._held and len(state) < self.max_batch_size:
+            while self._held and len(state) < self.max_batch_size:
+                admit(self._held.pop(0))
+            self._held_since = self.steps  # what is left waits for room, from now
+            self.joins += 1
 
     def _dispatch(
         self, events: list[Any], owners: dict[int, tuple[Work, int]], remaining: dict[int, int]
