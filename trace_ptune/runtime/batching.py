@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 
 @dataclass
@@ -27,13 +28,16 @@ class KVBatch:
     """The tensors of the rows decoding together.
 
     cache: per layer (B, kv_heads, T, head_dim); mask: (B, T) long; positions: (B,) position of
-    the next token; last_tokens: (B,) the tokens chosen last, fed at the next decode step.
+    the next token; last_tokens: (B,) the tokens chosen last, fed at the next decode step;
+    reserve: how many more tokens the rows may still decode (the caller's hint: the cache grows
+    into a buffer of that many spare columns instead of being copied at every step).
     """
 
     cache: DynamicCache
     mask: torch.Tensor
     positions: torch.Tensor
     last_tokens: torch.Tensor
+    reserve: int = 0
 
     @property
     def size(self) -> int:
@@ -42,6 +46,71 @@ class KVBatch:
     @property
     def length(self) -> int:
         return int(self.mask.shape[1])
+
+
+class _GrowingLayer(DynamicLayer):
+    """A cache layer whose keys/values are views into a buffer with spare columns.
+
+    A plain ``DynamicLayer`` concatenates the whole cache with the new token at every step (a
+    copy of all keys and values per layer per token); here the new token is written into the
+    next spare column and the layer's tensors become a longer view of the same buffer. Views
+    handed out before stay valid: columns are only ever written past their end.
+    """
+
+    _key_buffer: torch.Tensor | None = None
+    _value_buffer: torch.Tensor | None = None
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        kb = self._key_buffer
+        if kb is None or not self._owns(self.keys):
+            return super().update(key_states, value_states, *args, **kwargs)
+        start, new = self.keys.shape[2], key_states.shape[2]
+        if start + new > kb.shape[2]:  # out of spare columns: grow by copying once
+            self.reserve(new)
+            kb = self._key_buffer
+        end = start + new
+        kb[:, :, start:end] = key_states
+        self._value_buffer[:, :, start:end] = value_states  # type: ignore[index]
+        self.keys, self.values = kb[:, :, :end], self._value_buffer[:, :, :end]  # type: ignore[index]
+        return self.keys, self.values
+
+    def _owns(self, keys: torch.Tensor | None) -> bool:
+        kb = self._key_buffer
+        return (
+            keys is not None
+            and kb is not None
+            and keys.data_ptr() == kb.data_ptr()
+            and keys.shape[:2] == kb.shape[:2]
+            and keys.stride() == kb.stride()
+        )
+
+    def reserve(self, spare: int) -> None:
+        """Make room for ``spare`` more columns without a copy per step."""
+        keys, values = self.keys, self.values
+        if keys is None or values is None or keys.dim() != 4:
+            return
+        length = keys.shape[2]
+        if self._owns(keys) and self._key_buffer.shape[2] >= length + spare:  # type: ignore[union-attr]
+            return
+        b, h, _, d = keys.shape
+        kb = keys.new_empty((b, h, length + spare, d))
+        vb = values.new_empty((b, values.shape[1], length + spare, values.shape[3]))
+        kb[:, :, :length] = keys
+        vb[:, :, :length] = values
+        self._key_buffer, self._value_buffer = kb, vb
+        self.keys, self.values = kb[:, :, :length], vb[:, :, :length]
+
+
+def reserve(state: KVBatch, spare: int | None = None) -> None:
+    """Give every cache layer room for ``spare`` (default ``state.reserve``) more tokens."""
+    spare = max(1, state.reserve if spare is None else spare)
+    for layer in state.cache.layers:
+        if type(layer) is DynamicLayer and layer.keys is not None:
+            layer.__class__ = _GrowingLayer  # same state, in-place appends
+        if isinstance(layer, _GrowingLayer):
+            layer.reserve(spare)
 
 
 def _layers(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -72,17 +141,79 @@ def build_prefix_cache(
     layout: tuple[int, int, int],
     dtype: torch.dtype,
     device: torch.device,
+    blocks: PrefixBlocks | None = None,
 ) -> tuple[DynamicCache, torch.Tensor]:
     """A cache holding each row's prefix, left-padded to the longest; and its (B, P) mask.
 
     ``prefixes[i]`` is ``[layers, 2, kv_heads, n_i, head_dim]`` or None (no soft prompt).
+    ``blocks`` keeps the padded block of recent row layouts, so a batch with the same adapters
+    in the same rows as a recent one is not stacked again.
     """
+    num_layers = layout[0]
+    block = blocks.get(prefixes, dtype, device) if blocks is not None else None
+    if block is None:
+        block = _prefix_block(prefixes, layout=layout, dtype=dtype, device=device)
+        if blocks is not None:
+            blocks.put(prefixes, dtype, device, block)
+    stacked, mask = block
+    if stacked is None:
+        return DynamicCache(), mask
+    # DynamicCache copies the tensors it is given, so the kept block is never written to
+    return _cache([(stacked[i, 0], stacked[i, 1]) for i in range(num_layers)]), mask
+
+
+class PrefixBlocks:
+    """The last few padded prefix blocks, keyed by the identity of each row's prefix tensor."""
+
+    def __init__(self, size: int = 2) -> None:
+        self.size = size
+        self._blocks: list[tuple[tuple[Any, ...], tuple[torch.Tensor | None, torch.Tensor]]] = []
+
+    @staticmethod
+    def _key(
+        prefixes: list[torch.Tensor | None], dtype: torch.dtype, device: torch.device
+    ) -> tuple[Any, ...]:
+        return (dtype, str(device), *prefixes)
+
+    def get(
+        self, prefixes: list[torch.Tensor | None], dtype: torch.dtype, device: torch.device
+    ) -> tuple[torch.Tensor | None, torch.Tensor] | None:
+        key = self._key(prefixes, dtype, device)
+        for i, (k, block) in enumerate(self._blocks):
+            if len(k) == len(key) and all(a is b for a, b in zip(k, key, strict=True)):
+                if i:
+                    self._blocks.insert(0, self._blocks.pop(i))
+                return block
+        return None
+
+    def put(
+        self,
+        prefixes: list[torch.Tensor | None],
+        dtype: torch.dtype,
+        device: torch.device,
+        block: tuple[torch.Tensor | None, torch.Tensor],
+    ) -> None:
+        self._blocks.insert(0, (self._key(prefixes, dtype, device), block))
+        del self._blocks[self.size :]
+
+    def clear(self) -> None:
+        self._blocks.clear()
+
+
+def _prefix_block(
+    prefixes: list[torch.Tensor | None],
+    *,
+    layout: tuple[int, int, int],
+    dtype: torch.dtype,
+    device: torch.device,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(layers, 2, B, kv_heads, P, head_dim) prefixes left-padded with zeros, and the (B, P) mask."""
     num_layers, kv_heads, head_dim = layout
     batch = len(prefixes)
     longest = max((p.shape[3] for p in prefixes if p is not None), default=0)
     mask = torch.zeros(batch, longest, dtype=torch.long, device=device)
     if longest == 0:
-        return DynamicCache(), mask
+        return None, mask
     if all(p is not None and p.shape[3] == longest for p in prefixes):
         # no padding needed (e.g. every row on one adapter): one stack, no per-row copies
         stacked = torch.stack(prefixes, dim=2).to(dtype)  # type: ignore[arg-type]
@@ -96,7 +227,7 @@ def build_prefix_cache(
             n = prefix.shape[3]
             stacked[:, :, row, :, longest - n :, :] = prefix
             mask[row, longest - n :] = 1
-    return _cache([(stacked[i, 0], stacked[i, 1]) for i in range(num_layers)]), mask
+    return stacked, mask
 
 
 @torch.inference_mode()
@@ -107,11 +238,14 @@ def prefill(
     *,
     layout: tuple[int, int, int],
     pad_token_id: int,
+    blocks: PrefixBlocks | None = None,
 ) -> tuple[KVBatch, torch.Tensor]:
     """Run the prompts after their prefixes; returns the batch and the last logits (B, V)."""
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
-    cache, prefix_mask = build_prefix_cache(prefixes, layout=layout, dtype=dtype, device=device)
+    cache, prefix_mask = build_prefix_cache(
+        prefixes, layout=layout, dtype=dtype, device=device, blocks=blocks
+    )
     batch, longest = len(prompts), max(len(p) for p in prompts)
     ids = torch.full((batch, longest), pad_token_id, dtype=torch.long, device=device)
     prompt_mask = torch.zeros(batch, longest, dtype=torch.long, device=device)
@@ -148,6 +282,7 @@ def decode(model: Any, state: KVBatch) -> torch.Tensor:
     """
     ones = torch.ones(state.size, 1, dtype=state.mask.dtype, device=state.mask.device)
     state.mask = torch.cat((state.mask, ones), dim=1)
+    reserve(state)
     out = model(
         input_ids=state.last_tokens[:, None],
         attention_mask=state.mask,
@@ -157,6 +292,7 @@ def decode(model: Any, state: KVBatch) -> torch.Tensor:
     )
     state.cache = out.cache
     state.positions = state.positions + 1
+    state.reserve = max(0, state.reserve - 1)
     return out.logits[:, -1, :]
 
 

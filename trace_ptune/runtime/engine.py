@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from opentelemetry import context as otel_context
 
 from trace_ptune.errors import GenerationError, TracePtuneError
 from trace_ptune.runtime import batching
@@ -80,7 +81,8 @@ class _Row:
     request: GenerationRequest
     response_id: str
     started: float
-    span: Any = None
+    start_ns: int = 0
+    parent: Any = None
     entry: AdapterEntry | None = None
     deployment: str | None = None
     prompt_ids: list[int] = field(default_factory=list)
@@ -168,6 +170,7 @@ class Engine:
         self.eos_token_ids = _eos_ids(self.tokenizer, self.model)
         self._next_seq = 0
         self._lock = threading.RLock()
+        self._prefix_blocks = batching.PrefixBlocks()
 
     # ------------------------------------------------------------------ adapters
     def register(self, adapter: Any, *, name: str | None = None, pin: bool = False) -> Any:
@@ -182,6 +185,7 @@ class Engine:
     def unregister(self, ref: str) -> None:
         with self._lock:
             self.registry.unregister(ref)
+            self._prefix_blocks.clear()
 
     # ------------------------------------------------------------------ one call
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
@@ -233,7 +237,8 @@ class Engine:
                 )
                 self._next_seq += 1
                 ids.append(row.seq_id)
-                row.span = self.telemetry.start_row(request, parent)
+                row.start_ns = time.time_ns()
+                row.parent = parent if parent is not None else otel_context.get_current()
                 try:
                     self._prepare(row)
                 except TracePtuneError as exc:
@@ -264,11 +269,15 @@ class Engine:
                     [row.prompt_ids for row in joining],
                     layout=self._layout,
                     pad_token_id=self.pad_token_id,
+                    blocks=self._prefix_blocks,
                 )
                 events += self._advance(joining, new_kv, logits, state.stream)
                 state.kv = new_kv if state.kv is None or not state.rows else batching.merge(state.kv, new_kv)
                 state.rows = state.rows + joining
                 self._drop_finished(state)  # rows done at their first token
+            if state.kv is not None and state.rows:
+                # spare cache columns for the tokens still to come: no cache copy per step
+                state.kv.reserve = max(row.max_new_tokens - len(row.generated) for row in state.rows)
             state.steps += 1
             return events
 
@@ -428,9 +437,10 @@ class Engine:
     def _finish(self, row: _Row, result: GenerationResult) -> GenerationResult:
         hooks: list[Callable[..., Any]] = [*row.request.scorers, *self.scorers]
         self.telemetry.finish_row(
-            row.span,
             row.request,
             result,
+            parent=row.parent,
+            start_time_ns=row.start_ns,
             adapter=row.entry,
             deployment=row.deployment,
             batch_size=row.batch_size,

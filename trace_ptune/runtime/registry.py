@@ -217,6 +217,9 @@ class AdapterRegistry:
         h = self._names.get(ref)
         if h is not None:
             return self._entries.get(h)
+        entry = self._entries.get(ref)  # a full "sha256:<hex>" hash: no scan
+        if entry is not None:
+            return entry
         if _HASH_RE.match(ref):
             digits = ref.removeprefix("sha256:")
             matches = [e for h, e in self._entries.items() if h.removeprefix("sha256:").startswith(digits)]
