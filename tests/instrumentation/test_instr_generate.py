@@ -199,6 +199,7 @@ def test_metrics_carry_token_usage_duration_and_no_content(base, instrumented, m
         for sm in rm.scope_metrics:
             for metric in sm.metrics:
                 points.setdefault(metric.name, []).extend(metric.data.data_points)
+    assert set(points) == {semconv.METRIC_TOKEN_USAGE, semconv.METRIC_OPERATION_DURATION}
     usage = {p.attributes[semconv.GEN_AI_TOKEN_TYPE]: p for p in points[semconv.METRIC_TOKEN_USAGE]}
     assert usage["input"].sum == inputs["input_ids"].shape[1]
     assert usage["output"].sum == 5
@@ -236,3 +237,51 @@ def test_uninstrument_restores_the_original_functions_exactly():
     assert peft_model.PeftModelForCausalLM.__dict__["generate"] is originals["peft_causal"]
     assert Trainer.__dict__["__init__"] is originals["init"]
     assert Trainer.__dict__["train"] is originals["train"]
+
+
+def _metric_points(metric_reader: Any) -> dict[str, list[Any]]:
+    points: dict[str, list[Any]] = {}
+    for rm in metric_reader.get_metrics_data().resource_metrics:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                points.setdefault(metric.name, []).extend(metric.data.data_points)
+    return points
+
+
+def test_metric_records_wait_for_collection_and_stay_bounded(base, instrumented, metric_reader, monkeypatch):
+    from trace_ptune.instrumentation import transformers as tf
+
+    inputs = _encode(base, ["a b c"])
+    base.model.generate(**inputs, max_new_tokens=2, do_sample=False)
+    assert len(tf._pending) == 3 * 4  # duration + input and output token usage, not yet recorded
+    [duration] = _metric_points(metric_reader)[semconv.METRIC_OPERATION_DURATION]
+    assert duration.count == 1 and not tf._pending  # the reader's collection recorded them
+    monkeypatch.setattr(tf, "_MAX_PENDING", 4)
+    for _ in range(4):
+        base.model.generate(**inputs, max_new_tokens=2, do_sample=False)
+        assert len(tf._pending) <= 4 * 4
+    [duration] = _metric_points(metric_reader)[semconv.METRIC_OPERATION_DURATION]
+    assert duration.count == 5
+
+
+def test_uninstrument_records_pending_metrics(base, instrumented, metric_reader):
+    import trace_ptune
+    from trace_ptune.instrumentation import transformers as tf
+
+    base.model.generate(**_encode(base, ["a b c"]), max_new_tokens=2, do_sample=False)
+    trace_ptune.uninstrument()
+    assert not tf._pending
+    assert _metric_points(metric_reader)[semconv.METRIC_OPERATION_DURATION][0].count == 1
+
+
+def test_response_ids_ignore_the_users_random_seed(base, instrumented):
+    import random
+
+    ids = []
+    for _ in range(2):
+        random.seed(0)
+        base.model.generate(**_encode(base, ["a b"]), max_new_tokens=1, do_sample=False)
+        [rid] = trace_ptune.instrumentation.last_response_ids()
+        assert len(rid) == 16 and int(rid, 16) >= 0
+        ids.append(rid)
+    assert ids[0] != ids[1]

@@ -104,3 +104,20 @@ def test_peft_alone_annotates_the_current_span(base, spans):
         PeftInstrumentor().uninstrument()
     [span] = spans.get_finished_spans()
     assert span.attributes[semconv.PTUNE_ADAPTER_HASH] == peft_hash.adapter_identity(model).hash
+
+
+def test_a_replaced_parameter_or_an_in_place_write_invalidates_the_cached_hash(base, instrumented):
+    model = make_peft(base, "prompt")
+    _generate(base, model)
+    before = peft_hash.computations
+    encoder = model.prompt_encoder["default"]
+    with torch.no_grad():
+        encoder.embedding.weight = torch.nn.Parameter(encoder.embedding.weight * 2)
+    _generate(base, model)
+    assert peft_hash.computations == before + 1  # a new Parameter object: recomputed
+    with torch.no_grad():
+        encoder.embedding.weight.add_(1.0)  # an in-place write bumps the version counter
+    _generate(base, model)
+    _generate(base, model)
+    assert peft_hash.computations == before + 2
+    assert len(set(_hashes(instrumented))) == 3

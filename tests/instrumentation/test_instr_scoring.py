@@ -113,3 +113,27 @@ def test_the_response_map_is_bounded():
         registry.add(scoring.Generation(response_id=f"r{i}", span_context=ctx, attributes={}))
     assert len(registry) == 3
     assert registry.get("r1") is None and registry.get("r5") is not None
+
+
+def test_generations_added_later_are_found_in_order_and_bounded():
+    from opentelemetry.trace import SpanContext
+
+    registry = scoring._Registry(capacity=3)
+
+    def gen(i: int) -> scoring.Generation:
+        return scoring.Generation(
+            response_id=f"r{i}",
+            span_context=SpanContext(trace_id=1, span_id=i, is_remote=False),
+            attributes={},
+        )
+
+    registry.add(gen(1))
+    for i in range(2, 7):  # more than the capacity before any lookup
+        registry.add_later(gen(i))
+    assert len(registry._incoming) == 3
+    assert len(registry) == 3
+    assert [registry.get(f"r{i}") is not None for i in range(1, 7)] == [False] * 3 + [True] * 3
+    registry.add_later(gen(7))
+    found = registry.for_span(SpanContext(trace_id=1, span_id=7, is_remote=False))
+    assert found is not None and found.response_id == "r7"
+    assert registry.get("r4") is None

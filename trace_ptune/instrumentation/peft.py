@@ -39,6 +39,7 @@ from opentelemetry.instrumentation.utils import is_instrumentation_enabled, unwr
 from trace_ptune import semconv
 from trace_ptune.instrumentation import context as _ctx
 from trace_ptune.instrumentation import peft_hash
+from trace_ptune.instrumentation import transformers as _tf
 from trace_ptune.instrumentation._warn import warn_once
 
 _log = logging.getLogger(__name__)
@@ -78,8 +79,6 @@ def _wrap_peft_generate(wrapped: Any, instance: Any, args: tuple[Any, ...], kwar
         identity = None
     if identity is None:
         return wrapped(*args, **kwargs)
-    from trace_ptune.instrumentation import transformers as _tf
-
     if not _tf.is_active():
         _annotate_current_span(identity)
     token = _ctx.active_adapter.set(identity)

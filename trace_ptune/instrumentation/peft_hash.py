@@ -48,10 +48,46 @@ class AdapterIdentity:
         return self.hash.removeprefix("sha256:")[:12]
 
 
-# peft model -> {adapter name: (state key, identity)}
-_cache: weakref.WeakKeyDictionary[Any, dict[str, tuple[tuple[Any, ...], AdapterIdentity]]] = (
-    weakref.WeakKeyDictionary()
-)
+class _Entry:
+    """A cached identity and what must be unchanged for it to still hold (checked in O(params))."""
+
+    __slots__ = ("config", "encoder", "encoders", "identity", "inference_mode", "n", "params", "steps")
+
+    def __init__(self, peft_model: Any, name: str, config: Any, identity: AdapterIdentity) -> None:
+        self.config = config
+        self.encoders = peft_model.prompt_encoder._modules
+        self.encoder = self.encoders[name]
+        self.identity = identity
+        self.n = config.num_virtual_tokens
+        self.inference_mode = getattr(config, "inference_mode", False)
+        self.steps = _optimizer_steps
+        # (owning parameter dict, key, parameter, storage pointer, version): a replaced
+        # parameter, a new storage or an in-place write each invalidate the entry.
+        self.params = tuple(
+            (module._parameters, key, param, param.data_ptr(), param._version)
+            for module in self.encoder.modules()
+            for key, param in module._parameters.items()
+            if param is not None
+        )
+
+    def fresh(self, peft_model: Any, name: str) -> bool:
+        config = self.config
+        if (
+            self.steps != _optimizer_steps
+            or peft_model.peft_config.get(name) is not config
+            or self.encoders.get(name) is not self.encoder
+            or config.num_virtual_tokens != self.n
+            or getattr(config, "inference_mode", False) != self.inference_mode
+        ):
+            return False
+        for holder, key, param, ptr, version in self.params:
+            if param._version != version or holder.get(key) is not param or param.data_ptr() != ptr:
+                return False
+        return True
+
+
+# peft model -> {adapter name: cached entry}
+_cache: weakref.WeakKeyDictionary[Any, dict[str, _Entry]] = weakref.WeakKeyDictionary()
 computations = 0  # how many times a hash was actually computed (tests and benchmarks read it)
 _optimizer_steps = 0  # optimizer steps seen by the global post-step hook
 _hook: Any = None
@@ -79,11 +115,20 @@ def is_prompt_learning(peft_model: Any, adapter_name: str | None = None) -> bool
 def adapter_identity(peft_model: Any, adapter_name: str | None = None) -> AdapterIdentity | None:
     """The identity of ``peft_model``'s active (or named) prompt-learning adapter; None otherwise.
 
-    Cheap when nothing changed: a dictionary lookup and one version check per parameter.
+    Cheap when nothing changed: one dictionary lookup, then the optimizer-step count and each
+    adapter parameter's version counter and storage pointer (one parameter for prompt tuning).
     """
     name = adapter_name or getattr(peft_model, "active_adapter", None)
     if not isinstance(name, str):
         return None
+    try:
+        per_model = _cache.get(peft_model)
+    except TypeError:  # not weak-referenceable
+        per_model = None
+    if per_model is not None:
+        entry = per_model.get(name)
+        if entry is not None and entry.fresh(peft_model, name):
+            return entry.identity
     config = _config(peft_model, name)
     if config is None:
         return None
@@ -93,17 +138,14 @@ def adapter_identity(peft_model: Any, adapter_name: str | None = None) -> Adapte
     encoder = peft_model.prompt_encoder[name]
     if _hook is None:
         _ensure_step_hook()
-    key = _state_key(encoder, config)
-    per_model = _cache.get(peft_model)
-    if per_model is not None:
-        hit = per_model.get(name)
-        if hit is not None and hit[0] == key:
-            return hit[1]
     identity = _compute(peft_model, name, config, method, encoder)
-    if per_model is None:
-        per_model = {}
-        _cache[peft_model] = per_model
-    per_model[name] = (key, identity)
+    entry = _Entry(peft_model, name, config, identity)
+    try:
+        if per_model is None:
+            per_model = _cache.setdefault(peft_model, {})
+        per_model[name] = entry
+    except TypeError:
+        pass
     return identity
 
 
@@ -185,17 +227,6 @@ def _method(config: Any) -> str | None:
     peft_type = getattr(config, "peft_type", None)
     key = getattr(peft_type, "value", peft_type)
     return _PEFT_TYPES.get(str(key)) if key is not None else None
-
-
-def _state_key(encoder: Any, config: Any) -> tuple[Any, ...]:
-    key: list[Any] = [
-        _optimizer_steps,
-        int(config.num_virtual_tokens),
-        bool(getattr(config, "inference_mode", False)),
-    ]
-    for param in encoder.parameters():
-        key.append((id(param), param.data_ptr(), param._version))
-    return tuple(key)
 
 
 def _hidden_size(peft_model: Any, config: Any) -> int:

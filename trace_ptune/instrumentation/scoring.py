@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import Any
@@ -69,42 +69,71 @@ class Generation:
 
 
 class _Registry:
-    """A bounded LRU map: response id -> Generation, plus a (trace id, span id) index."""
+    """A bounded LRU map: response id -> Generation, plus a (trace id, span id) index.
+
+    Instrumented calls only append to ``_incoming`` (:meth:`add_later`), a deque bounded to the
+    same capacity; the map takes them in on the next lookup. The generate() path pays one append,
+    not the lock and index updates, and with no lookups the oldest fall off in order, as the
+    map's own eviction would drop them.
+    """
 
     def __init__(self, capacity: int = MAX_REMEMBERED) -> None:
         self._capacity = capacity
         self._by_id: OrderedDict[str, Generation] = OrderedDict()
         self._by_span: dict[tuple[int, int], str] = {}
         self._lock = threading.Lock()
+        self._incoming: deque[Generation] = deque(maxlen=capacity)
+
+    def add_later(self, generation: Generation) -> None:
+        self._incoming.append(generation)
+
+    def _take_incoming(self) -> None:
+        """Move the waiting generations into the map, oldest first; hold ``self._lock``."""
+        pop = self._incoming.popleft
+        while True:
+            try:
+                generation = pop()
+            except IndexError:
+                return
+            self._add(generation)
 
     def add(self, generation: Generation) -> None:
-        ctx = generation.span_context
         with self._lock:
-            old = self._by_id.pop(generation.response_id, None)
-            if old is not None:
-                self._by_span.pop((old.span_context.trace_id, old.span_context.span_id), None)
-            self._by_id[generation.response_id] = generation
-            self._by_span[(ctx.trace_id, ctx.span_id)] = generation.response_id
-            while len(self._by_id) > self._capacity:
-                _, evicted = self._by_id.popitem(last=False)
-                key = (evicted.span_context.trace_id, evicted.span_context.span_id)
-                if self._by_span.get(key) == evicted.response_id:
-                    del self._by_span[key]
+            self._take_incoming()
+            self._add(generation)
+
+    def _add(self, generation: Generation) -> None:
+        ctx = generation.span_context
+        old = self._by_id.pop(generation.response_id, None)
+        if old is not None:
+            self._by_span.pop((old.span_context.trace_id, old.span_context.span_id), None)
+        self._by_id[generation.response_id] = generation
+        self._by_span[(ctx.trace_id, ctx.span_id)] = generation.response_id
+        while len(self._by_id) > self._capacity:
+            _, evicted = self._by_id.popitem(last=False)
+            key = (evicted.span_context.trace_id, evicted.span_context.span_id)
+            if self._by_span.get(key) == evicted.response_id:
+                del self._by_span[key]
 
     def get(self, response_id: str) -> Generation | None:
         with self._lock:
+            self._take_incoming()
             return self._by_id.get(response_id)
 
     def for_span(self, ctx: SpanContext) -> Generation | None:
         with self._lock:
+            self._take_incoming()
             rid = self._by_span.get((ctx.trace_id, ctx.span_id))
             return self._by_id.get(rid) if rid is not None else None
 
     def __len__(self) -> int:
-        return len(self._by_id)
+        with self._lock:
+            self._take_incoming()
+            return len(self._by_id)
 
     def clear(self) -> None:
         with self._lock:
+            self._incoming.clear()
             self._by_id.clear()
             self._by_span.clear()
 
@@ -146,7 +175,7 @@ def copied_attributes(attrs: Mapping[str, Any] | None) -> dict[str, Any]:
 
 def _remember(response_id: str, span_context: SpanContext, kept: Mapping[str, Any]) -> None:
     """register_generation() for instrumentation: ``kept`` already filtered, no live span."""
-    _registry.add(Generation(response_id, span_context, kept))
+    _registry.add_later(Generation(response_id, span_context, kept))
 
 
 def lookup_generation(response_id: str) -> Generation | None:
