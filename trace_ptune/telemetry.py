@@ -205,6 +205,24 @@ def _reset_for_tests() -> None:
 # ---------------------------------------------------------------- building the providers
 
 
+@dataclass(frozen=True)
+class _Export:
+    """Where and how every signal is exported: resolved once from arguments and ``OTEL_*``."""
+
+    kinds: Mapping[str, tuple[str, ...]]  # signal -> exporter kinds ("otlp", "console")
+    base: str | None  # OTEL_EXPORTER_OTLP_ENDPOINT (signal paths appended for HTTP)
+    signal_endpoints: Mapping[str, str | None]  # OTEL_EXPORTER_OTLP_<SIGNAL>_ENDPOINT, used as given
+    proto: str
+    headers: Any
+    timeout: float
+    resource: Any
+
+    def exporter(self, signal: str) -> Any:
+        return _otlp_exporter(
+            signal, self.base, self.signal_endpoints[signal], self.proto, self.headers, self.timeout
+        )
+
+
 def _build(
     *,
     service_name: str | None,
@@ -243,7 +261,15 @@ def _build(
     token = _env(semconv.ENV_TOKEN)
     if discovered and hdrs is None and token and not _env("OTEL_EXPORTER_OTLP_HEADERS"):
         hdrs = {"authorization": f"Bearer {token}"}  # a local collector started with --token
-    resource = _resource(service_name, resource_attributes)
+    export = _Export(
+        kinds=kinds,
+        base=base,
+        signal_endpoints=signal_endpoints,
+        proto=proto,
+        headers=hdrs,
+        timeout=timeout,
+        resource=_resource(service_name, resource_attributes),
+    )
 
     owned: list[str] = []
     reused: list[str] = []
@@ -256,29 +282,17 @@ def _build(
         reused.append("traces")
     else:
         if tracer_provider is None:
-            tracer_provider = SDKTracerProvider(resource=resource, shutdown_on_exit=False)
+            tracer_provider = SDKTracerProvider(resource=export.resource, shutdown_on_exit=False)
             owned.append("traces")
             if set_global:
                 trace.set_tracer_provider(tracer_provider)
         if hasattr(tracer_provider, "add_span_processor"):
             exporters["traces"] = kinds["traces"]
-            for processor in _span_processors(
-                kinds["traces"], base, signal_endpoints["traces"], proto, hdrs, timeout
-            ):
+            for processor in _span_processors(export):
                 tracer_provider.add_span_processor(processor)
 
     # ---- metrics
-    meter_provider, metric_state = _meter_provider(
-        meter_provider,
-        kinds["metrics"],
-        base,
-        signal_endpoints["metrics"],
-        proto,
-        hdrs,
-        timeout,
-        resource,
-        set_global,
-    )
+    meter_provider, metric_state = _meter_provider(meter_provider, export, set_global)
     if metric_state == "owned":
         owned.append("metrics")
         exporters["metrics"] = kinds["metrics"]
@@ -286,17 +300,7 @@ def _build(
         reused.append("metrics")
 
     # ---- logs
-    logger_provider, log_state = _logger_provider(
-        logger_provider,
-        kinds["logs"],
-        base,
-        signal_endpoints["logs"],
-        proto,
-        hdrs,
-        timeout,
-        resource,
-        set_global,
-    )
+    logger_provider, log_state = _logger_provider(logger_provider, export, set_global)
     if log_state in ("owned", "configured"):
         exporters["logs"] = kinds["logs"]
         if log_state == "owned":
@@ -317,40 +321,23 @@ def _build(
     )
 
 
-def _span_processors(
-    kinds: tuple[str, ...],
-    base: str | None,
-    signal_endpoint: str | None,
-    proto: str,
-    hdrs: Any,
-    timeout: float,
-) -> list[Any]:
+def _span_processors(export: _Export) -> list[Any]:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
 
     processors: list[Any] = []
-    if "otlp" in kinds:
-        exporter = _otlp_exporter("traces", base, signal_endpoint, proto, hdrs, timeout)
+    if "otlp" in export.kinds["traces"]:
+        exporter = export.exporter("traces")
         queue = None if _env("OTEL_BSP_MAX_QUEUE_SIZE") else _SPAN_QUEUE_SIZE
-        export_timeout = None if _env("OTEL_BSP_EXPORT_TIMEOUT") else int(timeout * 1000)
+        export_timeout = None if _env("OTEL_BSP_EXPORT_TIMEOUT") else int(export.timeout * 1000)
         processors.append(
             BatchSpanProcessor(exporter, max_queue_size=queue, export_timeout_millis=export_timeout)
         )
-    if "console" in kinds:
+    if "console" in export.kinds["traces"]:
         processors.append(SimpleSpanProcessor(ConsoleSpanExporter()))
     return processors
 
 
-def _meter_provider(
-    given: Any,
-    kinds: tuple[str, ...],
-    base: str | None,
-    signal_endpoint: str | None,
-    proto: str,
-    hdrs: Any,
-    timeout: float,
-    resource: Any,
-    set_global: bool,
-) -> tuple[Any, str]:
+def _meter_provider(given: Any, export: _Export, set_global: bool) -> tuple[Any, str]:
     from opentelemetry.sdk.metrics import MeterProvider as SDKMeterProvider
     from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, PeriodicExportingMetricReader
 
@@ -360,28 +347,18 @@ def _meter_provider(
     if isinstance(current, SDKMeterProvider):
         return current, "reused"
     readers = []
-    if "otlp" in kinds:
-        exporter = _otlp_exporter("metrics", base, signal_endpoint, proto, hdrs, timeout)
-        readers.append(PeriodicExportingMetricReader(exporter, export_timeout_millis=timeout * 1000))
-    if "console" in kinds:
+    if "otlp" in export.kinds["metrics"]:
+        exporter = export.exporter("metrics")
+        readers.append(PeriodicExportingMetricReader(exporter, export_timeout_millis=export.timeout * 1000))
+    if "console" in export.kinds["metrics"]:
         readers.append(PeriodicExportingMetricReader(ConsoleMetricExporter()))
-    provider = SDKMeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
+    provider = SDKMeterProvider(resource=export.resource, metric_readers=readers, shutdown_on_exit=False)
     if set_global:
         metrics.set_meter_provider(provider)
     return provider, "owned"
 
 
-def _logger_provider(
-    given: Any,
-    kinds: tuple[str, ...],
-    base: str | None,
-    signal_endpoint: str | None,
-    proto: str,
-    hdrs: Any,
-    timeout: float,
-    resource: Any,
-    set_global: bool,
-) -> tuple[Any, str]:
+def _logger_provider(given: Any, export: _Export, set_global: bool) -> tuple[Any, str]:
     from opentelemetry import _logs
     from opentelemetry.sdk._logs import LoggerProvider as SDKLoggerProvider
     from opentelemetry.sdk._logs.export import (
@@ -395,18 +372,18 @@ def _logger_provider(
         current = _logs.get_logger_provider()
         if isinstance(current, SDKLoggerProvider):
             return current, "reused"
-        given = SDKLoggerProvider(resource=resource, shutdown_on_exit=False)
+        given = SDKLoggerProvider(resource=export.resource, shutdown_on_exit=False)
         state = "owned"
         if set_global:
             _logs.set_logger_provider(given)
     if not hasattr(given, "add_log_record_processor"):
         return given, "given"
-    if "otlp" in kinds:
-        exporter = _otlp_exporter("logs", base, signal_endpoint, proto, hdrs, timeout)
+    if "otlp" in export.kinds["logs"]:
+        exporter = export.exporter("logs")
         given.add_log_record_processor(
-            BatchLogRecordProcessor(exporter, export_timeout_millis=int(timeout * 1000))
+            BatchLogRecordProcessor(exporter, export_timeout_millis=int(export.timeout * 1000))
         )
-    if "console" in kinds:
+    if "console" in export.kinds["logs"]:
         given.add_log_record_processor(SimpleLogRecordProcessor(ConsoleLogRecordExporter()))
     return given, state
 
