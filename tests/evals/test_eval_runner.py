@@ -95,6 +95,8 @@ def test_run_eval_records_the_span_tree_and_scores(base, spans, jsonl, tmp_path:
             name = e.attributes[semconv.GEN_AI_EVALUATION_NAME]
             assert row.scores[name] == e.attributes[semconv.GEN_AI_EVALUATION_SCORE_VALUE]
         assert row.response_id == s.attributes[semconv.GEN_AI_RESPONSE_ID]
+        assert s.attributes[semconv.PTUNE_EVAL_EXAMPLE_ID] == row.id  # the span names its example
+        assert s.attributes[semconv.PTUNE_EVAL_RUN_ID] == eval_span.attributes[semconv.PTUNE_EVAL_RUN_ID]
         assert row.output is None  # no content capture, no --save-outputs
 
     metric_events = {

@@ -244,6 +244,7 @@ def _request(
         stop=tuple(stop),
         request_id=f"{run_id}:{ex.id}",
         scorers=(hook,),
+        attributes={semconv.PTUNE_EVAL_EXAMPLE_ID: ex.id, semconv.PTUNE_EVAL_RUN_ID: run_id},
     )
 
 

@@ -7,7 +7,7 @@ in a batch becomes an ``error`` on its own :class:`GenerationResult` while the o
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +46,9 @@ class GenerationRequest:
     ``adapter`` is anything the engine's registry resolves: a registered name, ``name@version``,
     a hash or ≥12-hex prefix, or a deployment in the adapter store; ``None`` with a
     ``deployment`` the store knows routes through that deployment; ``None`` otherwise is the
-    base model alone. ``temperature == 0`` is greedy decoding.
+    base model alone. ``temperature == 0`` is greedy decoding. ``attributes`` are extra span
+    attributes for this row's generation span (e.g. ``ptune.eval.example_id`` from an eval run);
+    they never override the contract's own attributes.
     """
 
     prompt: str | ChatMessages | TokenIds
@@ -62,6 +64,7 @@ class GenerationRequest:
     stop: Sequence[str] = ()
     request_id: str | None = None
     scorers: Sequence[Scorer] = ()
+    attributes: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def is_chat(self) -> bool:

@@ -165,7 +165,8 @@ class RuntimeTelemetry:
         deployment: str | None,
         batch_size: int,
     ) -> dict[str, Any]:
-        attributes = dict(self._static_attributes(request.operation, adapter, result))
+        attributes = {k: v for k, v in request.attributes.items() if _attribute_value(v)}
+        attributes.update(self._static_attributes(request.operation, adapter, result))
         attributes[semconv.PTUNE_TRAFFIC] = request.traffic or semconv.TRAFFIC_PRODUCTION
         for key, value in (
             (semconv.GEN_AI_REQUEST_MAX_TOKENS, request.max_new_tokens),
