@@ -70,3 +70,19 @@ def live_collector(db: Path) -> dict[str, Any] | None:
     except OSError:
         return None
     return info
+
+
+def is_foreign_file(path: Path) -> bool:
+    """True when ``path`` is a non-empty file that is not a DuckDB database.
+
+    DuckDB 2.0 will open some other files (JSON lines, for one) without complaint, so a
+    mistyped ``--db`` could silently store nowhere. DuckDB files carry ``DUCK`` at offset 8.
+    """
+    try:
+        with Path(path).open("rb") as f:
+            head = f.read(12)
+    except (FileNotFoundError, IsADirectoryError):
+        return False
+    except OSError:
+        return False
+    return len(head) > 0 and head[8:12] != b"DUCK"

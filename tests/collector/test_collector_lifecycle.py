@@ -234,3 +234,35 @@ def test_migration_2_keeps_rows_of_a_version_1_file_and_compresses_json_with_zst
         "metrics",
     }
     con.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["run", "--http", "127.0.0.1:99999", "--grpc", "off"], "out of range"),
+        (
+            ["run", "--http", "127.0.0.1:0", "--grpc", "off", "--retain", "0d"],
+            "would delete every stored row",
+        ),
+        (["status", "--collector", "notaurl"], "not an http(s) URL"),
+        (["export", "--parquet", "out", "--collector", "garbage"], "not an http(s) URL"),
+    ],
+)
+def test_cli_bad_port_retention_and_url_are_one_sentence_errors(tmp_path, args, fragment):
+    db = tmp_path / "b.duckdb"
+    result = CliRunner().invoke(cli, ["collector", *args, "--db", str(db)])
+    assert result.exit_code == 1 and fragment in result.stderr
+    assert result.exc_info[0] is SystemExit and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_file_that_is_not_duckdb_is_refused_as_db_and_left_untouched(tmp_path):
+    # DuckDB 2.0 opens some other files without complaint; a mistyped --db must not store nowhere.
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"input": "a", "target": "b"}\n')
+    before = data.read_bytes()
+    for args in (["collector", "run", "--db", str(data)], ["query", "sql", "SELECT 1", "--db", str(data)]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 1, result.output
+        assert "is not a DuckDB database" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert data.read_bytes() == before

@@ -59,6 +59,8 @@ def test_errors_are_one_sentence_with_exit_1(tmp_path: Path, traffic_db: Path) -
         (["sql", "DROP TABLE spans", "--db", str(traffic_db)], "DROP"),
         (["trace", "zz", "--db", str(traffic_db)], "not a trace id"),
         (["regressions", "--collector", "http://127.0.0.1:9"], "collector"),
+        (["sql", "SELECT 1", "--db", str(tmp_path / "none.duckdb")], "`trace-ptune collector run`"),
+        (["sql", "SELECT 1", "--collector", "garbage"], "not an http(s) URL"),
     ]
     for args, fragment in cases:
         code, _, err = _run(*args)

@@ -325,3 +325,19 @@ def test_a_held_request_joins_the_running_batch_and_matches_its_reference(base, 
     assert result.text == expected.text and result.token_ids == expected.token_ids
     assert scheduler.batches == 1 and scheduler.joins == 1  # it joined the running batch
     assert steps >= 4 + 8 - 1  # it waited for the gate, then decoded its 8 tokens
+
+
+def test_serve_on_a_busy_port_is_a_one_sentence_error_before_loading(tmp_path):
+    import socket
+
+    from click.testing import CliRunner
+
+    from trace_ptune.cli.main import cli
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = CliRunner().invoke(cli, ["serve", "--model", "no-such-model", "--port", str(port)])
+    assert result.exit_code == 1 and "the port is in use" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -62,6 +62,8 @@ def test_train_command_refuses_bad_options(tmp_path) -> None:
         ],
     )
     assert result.exit_code == 1 and "init 'words' is unknown" in result.output
+    result = CliRunner().invoke(cli, ["train", "--model", "tiny-random", "--data", str(data), "--quiet"])
+    assert result.exit_code == 1 and "pass --name" in result.output and "Traceback" not in result.output
 
 
 def test_train_command_multitenant(tmp_path) -> None:

@@ -8,8 +8,10 @@ See docs/serving.md for the endpoints, the ``model`` field, tenants and rollouts
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +130,7 @@ def serve(
     from trace_ptune.runtime.server import ApiKeys, create_app
 
     keys = ApiKeys.load(api_keys_file) if api_keys_file is not None else None
+    _check_listen(host, port)
     if torch_threads is not None:
         import torch
 
@@ -171,6 +174,21 @@ def serve(
     uvicorn.Server(config).run()
     if received:
         click.echo(f"stopped on {signal.Signals(received[0]).name}: in-flight requests finished", err=True)
+
+
+def _check_listen(host: str, port: int) -> None:
+    """Fail before loading the model when HOST:PORT cannot be bound (busy port, unknown host)."""
+    try:
+        info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        with socket.create_server(info[4], family=info[0]):
+            pass
+    except OSError as exc:
+        reason = (
+            "the port is in use" if getattr(exc, "errno", None) == errno.EADDRINUSE else exc.strerror or exc
+        )
+        raise click.ClickException(
+            f"cannot listen on {host}:{port} ({reason}); pass --port with a free port or a valid --host."
+        ) from None
 
 
 def _configure_telemetry() -> Any:

@@ -20,6 +20,10 @@ class CollectorClient:
     """Talks to ``POST /v1/query`` (and the admin endpoints) of a collector."""
 
     def __init__(self, url: str, token: str | None = None, *, timeout: float = 60.0) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise CollectorError(
+                f"the collector URL {url!r} is not an http(s) URL; pass one like http://127.0.0.1:4318"
+            )
         self.url = url.rstrip("/")
         self.token = token if token is not None else os.environ.get(semconv.ENV_TOKEN) or None
         self.timeout = timeout

@@ -51,9 +51,14 @@ def parse_address(text: str, default_port: int) -> tuple[str, int]:
     host, _, port = text.rpartition(":") if ":" in text else ("", "", text)
     host = host.strip("[]") or "127.0.0.1"
     try:
-        return host, int(port) if port else default_port
+        number = int(port) if port else default_port
     except ValueError:
         raise ConfigError(f"cannot read the address {text!r}; use host:port, e.g. 127.0.0.1:4318") from None
+    if not 0 <= number <= 65535:
+        raise ConfigError(
+            f"the port in {text!r} is out of range; use a port from 0 to 65535, e.g. 127.0.0.1:4318"
+        )
+    return host, number
 
 
 @dataclass
@@ -78,10 +83,15 @@ class CollectorConfig:
         self.db = Path(self.db).expanduser()
         if self.http is None and self.grpc is None:
             raise ConfigError("at least one of --http and --grpc is needed to receive telemetry")
-        if self.retain:
-            parse_duration(self.retain)
+        if self.retain and parse_duration(self.retain) <= 0:
+            raise ConfigError(
+                f"--retain {self.retain!r} would delete every stored row; pass a positive duration, e.g. 30d"
+            )
         if self.max_body_bytes <= 0 or self.max_queue_rows <= 0:
-            raise ConfigError("max_body_bytes and max_queue_rows must be positive")
+            raise ConfigError(
+                f"--max-body-mb and --max-queue-rows must be positive (got {self.max_body_bytes} bytes "
+                f"and {self.max_queue_rows} rows); pass values above 0"
+            )
         if self.workers < 0:
             raise ConfigError(f"workers must be 0 or more, not {self.workers}")
 

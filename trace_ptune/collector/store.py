@@ -28,7 +28,7 @@ from typing import Any
 
 import duckdb
 
-from trace_ptune import semconv
+from trace_ptune import paths, semconv
 from trace_ptune.collector import otlp, schema
 from trace_ptune.errors import CollectorError
 
@@ -121,6 +121,8 @@ def _lock_message(path: Path, exc: Exception) -> str:
 def connect(path: str | Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     """Open a DuckDB file with a one-sentence error when it is locked or unreadable."""
     path = Path(path)
+    if paths.is_foreign_file(path):
+        raise CollectorError(f"{path} is not a DuckDB database; pass a new or existing .duckdb file as --db")
     try:
         if not read_only:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -65,8 +65,12 @@ class FileSource(Source):
         self.location = str(self.path)
         if not self.path.exists():
             raise QueryError(
-                f"No trace database at {self.path}; start a collector (`trace-ptune collector start`) "
+                f"No trace database at {self.path}; start a collector (`trace-ptune collector run`) "
                 "or pass --db PATH or --collector URL."
+            )
+        if paths.is_foreign_file(self.path):
+            raise QueryError(
+                f"{self.path} is not a DuckDB database; pass the collector's .duckdb file as --db."
             )
         try:
             self._con = duckdb.connect(

@@ -107,7 +107,9 @@ class TrainConfig:
         if self.resume is None:
             for key in ("model", "data", "name"):
                 if not getattr(self, key):
-                    raise ConfigError(f"TrainConfig.{key} is required (got {getattr(self, key)!r}).")
+                    raise ConfigError(
+                        f"{key} is required (got {getattr(self, key)!r}); pass --{key}, or --resume a run."
+                    )
         if self.name is not None and not _NAME.match(self.name):
             raise ConfigError(
                 f"Adapter name {self.name!r} is invalid; use letters, digits and . _ / - (no @ or +)."
