@@ -218,11 +218,13 @@ def test_uninstrument_restores_the_original_functions_exactly():
     from opentelemetry.instrumentation.utils import unwrap  # noqa: F401  (imported for parity)
     from peft import peft_model
     from transformers.generation.utils import GenerationMixin
+    from transformers.pipelines.text_generation import TextGenerationPipeline
     from transformers.trainer import Trainer
 
     trace_ptune.uninstrument()
     originals = {
         "generate": GenerationMixin.__dict__["generate"],
+        "pipeline": TextGenerationPipeline.__dict__["__call__"],
         "peft": peft_model.PeftModel.__dict__["generate"],
         "peft_causal": peft_model.PeftModelForCausalLM.__dict__["generate"],
         "init": Trainer.__dict__["__init__"],
@@ -231,8 +233,10 @@ def test_uninstrument_restores_the_original_functions_exactly():
     trace_ptune.instrument()
     assert GenerationMixin.__dict__["generate"] is not originals["generate"]
     assert Trainer.__dict__["__init__"] is not originals["init"]
+    assert TextGenerationPipeline.__dict__["__call__"] is not originals["pipeline"]
     trace_ptune.uninstrument()
     assert GenerationMixin.__dict__["generate"] is originals["generate"]
+    assert TextGenerationPipeline.__dict__["__call__"] is originals["pipeline"]
     assert peft_model.PeftModel.__dict__["generate"] is originals["peft"]
     assert peft_model.PeftModelForCausalLM.__dict__["generate"] is originals["peft_causal"]
     assert Trainer.__dict__["__init__"] is originals["init"]

@@ -12,6 +12,10 @@ Example::
 
     with trace_ptune.tags(tenant="acme", deployment="acme/support@prod"):
         model.generate(**inputs)
+
+``tags(operation="chat")`` also names the GenAI operation of the generations inside the block
+(``chat {base}`` spans): ``generate()`` sees token ids and cannot tell a chat template from plain
+text. A text-generation pipeline called with chat messages sets it by itself.
 """
 
 from __future__ import annotations
@@ -39,16 +43,34 @@ _defaults: dict[str, str] = {}  # from instrument(tenant=..., deployment=...)
 # The prompt-learning adapter of the PeftModel.generate() call in progress (set by the PEFT
 # instrumentor, read by the transformers one when the base model's generate() runs inside it).
 active_adapter: ContextVar[Any] = ContextVar("trace_ptune_active_adapter", default=None)
+# The GenAI operation of the generations in progress (None: text_completion). Set by
+# tags(operation=...) and by the transformers instrumentor around a pipeline call with chat input;
+# read once per generate() call.
+current_operation: ContextVar[str | None] = ContextVar("trace_ptune_operation", default=None)
+_OPERATIONS = (semconv.GEN_AI_OPERATION_CHAT, semconv.GEN_AI_OPERATION_TEXT_COMPLETION)
 
 
 @contextmanager
 def tags(
-    *, tenant: str | None = None, deployment: str | None = None, traffic: str | None = None
+    *,
+    tenant: str | None = None,
+    deployment: str | None = None,
+    traffic: str | None = None,
+    operation: str | None = None,
 ) -> Iterator[None]:
-    """Tag every instrumented generation inside the block with tenant / deployment / traffic."""
+    """Tag every instrumented generation inside the block with tenant / deployment / traffic.
+
+    ``operation`` (``"chat"`` or ``"text_completion"``) sets the generations' GenAI operation:
+    ``model.generate(**tokenizer.apply_chat_template(..., return_dict=True))`` is a chat request
+    that ``generate()`` cannot recognise from the token ids alone.
+    """
     if traffic is not None and traffic not in semconv.TRAFFIC_KINDS:
         raise ConfigError(
             f"traffic {traffic!r} is not one of {', '.join(semconv.TRAFFIC_KINDS)}; pick one of those."
+        )
+    if operation is not None and operation not in _OPERATIONS:
+        raise ConfigError(
+            f"operation {operation!r} is not one of {', '.join(_OPERATIONS)}; pick one of those."
         )
     added = {
         key: str(value)
@@ -60,9 +82,12 @@ def tags(
         if value is not None
     }
     token = _tags.set({**_tags.get(), **added})
+    op_token = current_operation.set(operation) if operation is not None else None
     try:
         yield
     finally:
+        if op_token is not None:
+            current_operation.reset(op_token)
         _tags.reset(token)
 
 

@@ -17,6 +17,10 @@ pipelines built on them are covered. Per call:
 - a single-sequence call gives one span ``text_completion {base}``; a call that produces several
   sequences (a batch, or ``num_return_sequences``) gives a ``ptune.generate`` call span with one
   ``text_completion {base}`` child per sequence;
+- the operation is ``chat`` (spans ``chat {base}``) inside a ``TextGenerationPipeline`` call with
+  chat input (messages, a list of conversations, or ``Chat`` objects; the pipeline's ``__call__``
+  is wrapped once its module is imported) and inside ``trace_ptune.tags(operation="chat")``;
+  ``generate()`` itself sees token ids and cannot tell a chat template from plain text;
 - attributes from the tensors: input tokens per row (padding excluded), output tokens per row (up
   to and including the first end-of-sequence token), finish reason (``stop`` or ``length``),
   request parameters from the keyword arguments and generation config, time to first token when
@@ -49,6 +53,7 @@ import json
 import logging
 import os
 import random
+import sys
 import threading
 import time
 import weakref
@@ -76,6 +81,8 @@ _log = logging.getLogger(__name__)
 _INSTRUMENTS = ("transformers >= 4.40",)
 _MODULE = "transformers.generation.utils"
 _TARGET = "GenerationMixin.generate"
+_PIPELINE_MODULE = "transformers.pipelines.text_generation"
+_PIPELINE_CLASS = "TextGenerationPipeline"
 
 # Bucket boundaries the GenAI semantic conventions recommend.
 _TOKEN_BUCKETS = [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864]
@@ -123,12 +130,14 @@ class TransformersInstrumentor(BaseInstrumentor):
         )
         wrapt.wrap_function_wrapper(_MODULE, _TARGET, self._wrapper)
         _active = True
+        _instrument_pipeline()
 
     def _uninstrument(self, **kwargs: Any) -> None:
         global _active
         from transformers.generation.utils import GenerationMixin
 
         unwrap(GenerationMixin, "generate")
+        _uninstrument_pipeline()
         _active = False
         self._wrapper = None
         _drain_pending()
@@ -137,6 +146,90 @@ class TransformersInstrumentor(BaseInstrumentor):
 def is_active() -> bool:
     """True while the transformers instrumentor is on."""
     return _active
+
+
+# ---------------------------------------------------------------- chat detection in pipelines
+
+# TextGenerationPipeline.__call__ is wrapped when its module is imported (at once if it already
+# is): importing transformers.pipelines costs ~0.7 s, too much for instrument() to pay for users
+# who never build a pipeline. The post-import hook cannot be removed, so it is registered once and
+# wraps only while the instrumentor is on.
+_pipeline_on = False  # the instrumentor wants the pipeline wrapped
+_pipeline_wrapped = False  # TextGenerationPipeline.__call__ is wrapped now
+_pipeline_hook = False  # the post-import hook is registered
+
+
+def _instrument_pipeline() -> None:
+    global _pipeline_on, _pipeline_hook
+    _pipeline_on = True
+    module = sys.modules.get(_PIPELINE_MODULE)
+    if module is not None:
+        _wrap_pipeline(module)
+    elif not _pipeline_hook:
+        wrapt.register_post_import_hook(_wrap_pipeline, _PIPELINE_MODULE)
+        _pipeline_hook = True
+
+
+def _uninstrument_pipeline() -> None:
+    global _pipeline_on, _pipeline_wrapped
+    _pipeline_on = False
+    module = sys.modules.get(_PIPELINE_MODULE)
+    if _pipeline_wrapped and module is not None:
+        unwrap(getattr(module, _PIPELINE_CLASS), "__call__")
+    _pipeline_wrapped = False
+
+
+def _wrap_pipeline(module: Any) -> None:
+    global _pipeline_wrapped
+    if not _pipeline_on or _pipeline_wrapped:
+        return
+    try:
+        wrapt.wrap_function_wrapper(
+            module, f"{_PIPELINE_CLASS}.__call__", _PipelineWrapper(getattr(module, "Chat", None))
+        )
+        _pipeline_wrapped = True
+    except Exception as exc:
+        warn_once(_log, "pipeline-wrap", "trace-ptune could not wrap TextGenerationPipeline: %r", exc)
+
+
+class _PipelineWrapper:
+    """Marks the generate() calls of a pipeline call with chat input as ``chat`` operations."""
+
+    def __init__(self, chat_type: type | None) -> None:
+        self.chat_type = chat_type
+
+    def __call__(self, wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if _ctx.current_operation.get() is not None:  # tags(operation=...) decides
+            return wrapped(*args, **kwargs)
+        try:
+            chat = self.is_chat(args[0] if args else kwargs.get("text_inputs"))
+        except Exception:
+            chat = False
+        if not chat:
+            return wrapped(*args, **kwargs)
+        token = _ctx.current_operation.set(semconv.GEN_AI_OPERATION_CHAT)
+        try:
+            return wrapped(*args, **kwargs)
+        finally:
+            _ctx.current_operation.reset(token)
+
+    def is_chat(self, inputs: Any) -> bool:
+        """The pipeline's own rule: messages, conversations (lists of messages) or ``Chat`` objects."""
+        chat_type = self.chat_type
+        if chat_type is not None and isinstance(inputs, chat_type):
+            return True
+        if not isinstance(inputs, (list, tuple)) or not inputs:
+            return False
+        first = inputs[0]
+        if _is_message(first) or (chat_type is not None and isinstance(first, chat_type)):
+            return True
+        return isinstance(first, (list, tuple)) and all(
+            isinstance(chat, (list, tuple)) and chat and _is_message(chat[0]) for chat in inputs
+        )
+
+
+def _is_message(value: Any) -> bool:
+    return isinstance(value, dict) and "role" in value and "content" in value
 
 
 # ---------------------------------------------------------------- deferred metric records
@@ -193,6 +286,26 @@ class _ModelInfo:
     )
     request_attrs: dict[Any, dict[str, Any]] = field(default_factory=dict)
     kept_attrs: dict[Any, dict[str, Any]] = field(default_factory=dict)
+    operation: str = semconv.GEN_AI_OPERATION_TEXT_COMPLETION
+    variants: dict[str, _ModelInfo] = field(default_factory=dict)
+
+    def for_operation(self, operation: str) -> _ModelInfo:
+        """This model's details for another GenAI operation (cached; each has its own caches)."""
+        if operation == self.operation:
+            return self
+        found = self.variants.get(operation)
+        if found is None:
+            found = self.variants[operation] = _ModelInfo(
+                identity=self.identity,
+                name=self.name,
+                span_name=semconv.generation_span_name(operation, self.name),
+                fingerprint=self.fingerprint,
+                is_encoder_decoder=self.is_encoder_decoder,
+                tokenizer=self.tokenizer,
+                static={**self.static, semconv.GEN_AI_OPERATION_NAME: operation},
+                operation=operation,
+            )
+        return found
 
     def kept_for(self, adapter: Any) -> dict[str, Any]:
         """The attributes scores copy, for calls without tags (cached; never mutate it)."""
@@ -227,7 +340,7 @@ class _ModelInfo:
             if len(self.metric_attrs) >= _MAX_CACHED:
                 self.metric_attrs.clear()
             base = {
-                semconv.GEN_AI_OPERATION_NAME: semconv.GEN_AI_OPERATION_TEXT_COMPLETION,
+                semconv.GEN_AI_OPERATION_NAME: self.operation,
                 semconv.GEN_AI_PROVIDER_NAME: semconv.GEN_AI_PROVIDER_TRANSFORMERS,
                 semconv.GEN_AI_REQUEST_MODEL: self.name,
             }
@@ -394,7 +507,11 @@ class _Call:
         self.owner = owner
         self.instance = instance
         self.kwargs = kwargs
-        self.info = info = _model_info(instance)
+        info = _model_info(instance)
+        operation = _ctx.current_operation.get()
+        if operation is not None:
+            info = info.for_operation(operation)
+        self.info = info
         self.adapter = _ctx.active_adapter.get()
         self.streamer: _TimedStreamer | None = None
 
