@@ -32,6 +32,27 @@ COLUMNS = ("prompt", "adapter", "text", "finish_reason", "output_tokens", "error
 logger = logging.getLogger(__name__)
 
 
+# Options shared with `trace-ptune serve`.
+model_option = click.option(
+    "--model", "-m", "model_spec", required=True, help="Base model: preset, directory, .gguf or hub id."
+)
+dtype_option = click.option(
+    "--dtype", default=None, help="Load the base in this dtype (float32, float64, bfloat16)."
+)
+store_option = click.option(
+    "--store",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Adapter store root (default: $TRACE_PTUNE_HOME/adapters).",
+)
+allow_base_mismatch_option = click.option(
+    "--allow-base-mismatch", is_flag=True, help="Serve adapters trained on another fingerprint."
+)
+capture_content_option = click.option(
+    "--capture-content", is_flag=True, help="Put prompt and completion text on the spans."
+)
+
+
 def assign_adapters(adapters: tuple[str, ...], count: int) -> list[str | None]:
     """The adapter reference of each of ``count`` prompts (None: the base model)."""
     if not adapters:
@@ -50,9 +71,7 @@ def assign_adapters(adapters: tuple[str, ...], count: int) -> list[str | None]:
 
 @click.command()
 @click.argument("prompts", nargs=-1, required=True)
-@click.option(
-    "--model", "-m", "model_spec", required=True, help="Base model: preset, directory, .gguf or hub id."
-)
+@model_option
 @click.option(
     "--adapter",
     "-a",
@@ -79,15 +98,10 @@ def assign_adapters(adapters: tuple[str, ...], count: int) -> list[str | None]:
 @click.option("--seed", type=int, default=None, help="Seed of each prompt's sampler.")
 @click.option("--stop", "stops", multiple=True, help="Stop string (repeatable); the text ends before it.")
 @click.option("--chat", is_flag=True, help="Send each prompt as a user message through the chat template.")
-@click.option("--dtype", default=None, help="Load the base in this dtype (float32, float64, bfloat16).")
-@click.option(
-    "--store",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Adapter store root (default: $TRACE_PTUNE_HOME/adapters).",
-)
-@click.option("--allow-base-mismatch", is_flag=True, help="Serve adapters trained on another fingerprint.")
-@click.option("--capture-content", is_flag=True, help="Put prompt and completion text on the spans.")
+@dtype_option
+@store_option
+@allow_base_mismatch_option
+@capture_content_option
 @output_options
 @handle_errors
 def generate(
@@ -112,7 +126,7 @@ def generate(
 ) -> None:
     """Generate text for PROMPTS with soft prompts, all in one batch."""
     refs = assign_adapters(adapters, len(prompts))
-    telemetry = _configure_telemetry()
+    telemetry = configure_telemetry()
 
     from trace_ptune.adapters.store import AdapterStore
     from trace_ptune.models import load_model
@@ -166,11 +180,13 @@ def generate(
         sys.exit(1)
 
 
-def _configure_telemetry() -> Any:
+def configure_telemetry(service_name: str | None = None) -> Any:
+    """Set up span export for a command; None (with a warning) when it cannot be, so the command
+    runs anyway."""
     try:
         from trace_ptune.telemetry import configure
 
-        return configure()
-    except Exception as exc:  # no exporters available: generate anyway
+        return configure(service_name=service_name)
+    except Exception as exc:  # no exporters available: run anyway
         logger.warning("telemetry is off: %s", exc)
         return None

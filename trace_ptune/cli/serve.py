@@ -9,23 +9,25 @@ See docs/serving.md for the endpoints, the ``model`` field, tenants and rollouts
 from __future__ import annotations
 
 import errno
-import logging
 import signal
 import socket
 from pathlib import Path
-from typing import Any
 
 import click
 
+from trace_ptune.cli.generate import (
+    allow_base_mismatch_option,
+    capture_content_option,
+    configure_telemetry,
+    dtype_option,
+    model_option,
+    store_option,
+)
 from trace_ptune.cli.output import handle_errors
-
-logger = logging.getLogger(__name__)
 
 
 @click.command()
-@click.option(
-    "--model", "-m", "model_spec", required=True, help="Base model: preset, directory, .gguf or hub id."
-)
+@model_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
     "--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="Port (0: any free one)."
@@ -55,13 +57,8 @@ logger = logging.getLogger(__name__)
     help="iteration: new requests join the running batch between decode steps (gated by --join-fraction); "
     "request: batches run to their end.",
 )
-@click.option("--dtype", default=None, help="Load the base in this dtype (float32, float64, bfloat16).")
-@click.option(
-    "--store",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Adapter store root (default: $TRACE_PTUNE_HOME/adapters).",
-)
+@dtype_option
+@store_option
 @click.option(
     "--canary-seed",
     type=int,
@@ -75,8 +72,8 @@ logger = logging.getLogger(__name__)
     show_default=True,
     help="Loaded adapters + cached prefixes.",
 )
-@click.option("--allow-base-mismatch", is_flag=True, help="Serve adapters trained on another fingerprint.")
-@click.option("--capture-content", is_flag=True, help="Put prompt and completion text on the spans.")
+@allow_base_mismatch_option
+@capture_content_option
 @click.option(
     "--torch-threads",
     type=click.IntRange(1),
@@ -135,7 +132,7 @@ def serve(
         import torch
 
         torch.set_num_threads(torch_threads)
-    telemetry = _configure_telemetry()
+    telemetry = configure_telemetry(service_name="trace-ptune-serve")
     base = load_model(model_spec, dtype=dtype)
     adapter_store = AdapterStore(store)
     engine = Engine(
@@ -189,13 +186,3 @@ def _check_listen(host: str, port: int) -> None:
         raise click.ClickException(
             f"cannot listen on {host}:{port} ({reason}); pass --port with a free port or a valid --host."
         ) from None
-
-
-def _configure_telemetry() -> Any:
-    try:
-        from trace_ptune.telemetry import configure
-
-        return configure(service_name="trace-ptune-serve")
-    except Exception as exc:  # no exporters available: serve anyway
-        logger.warning("telemetry is off: %s", exc)
-        return None

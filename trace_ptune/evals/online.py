@@ -38,7 +38,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
@@ -47,16 +47,20 @@ from trace_ptune import semconv
 from trace_ptune.errors import ConfigError, EvalError
 from trace_ptune.evals.datasets import Example
 from trace_ptune.evals.scorers import Scorer, ScoreResult, apply_scorer, coerce_result, get_scorers
+from trace_ptune.instrumentation._warn import warn_once
 from trace_ptune.telemetry import get_tracer
 
 logger = logging.getLogger(__name__)
-_warned: set[str] = set()
 
 
 def _warn_once(what: str, exc: BaseException) -> None:
-    if what not in _warned:
-        _warned.add(what)
-        logger.warning("trace-ptune online evaluation: %s failed (%s); generation continues.", what, exc)
+    warn_once(
+        logger,
+        f"online evaluation: {what}",
+        "trace-ptune online evaluation: %s failed (%s); generation continues.",
+        what,
+        exc,
+    )
 
 
 def sampled(key: str, rate: float, seed: int = 0) -> bool:
@@ -194,7 +198,22 @@ class _Emitter:
         span.end()
 
 
-class OnlineEvaluator:
+class _EngineHook:
+    """Runs on every generation an engine finishes, as one of its ``scorers``."""
+
+    base: Any | None = None
+
+    def attach(self, engine: Any) -> Self:
+        """Run on every generation ``engine`` finishes (after its own scorers)."""
+        self.base = engine.base
+        engine.scorers.append(self)
+        return self
+
+    def detach(self, engine: Any) -> None:
+        engine.scorers[:] = [s for s in engine.scorers if s is not self]
+
+
+class OnlineEvaluator(_EngineHook):
     """Score a deterministic sample of an engine's generations with reference-free scorers."""
 
     def __init__(
@@ -223,15 +242,6 @@ class OnlineEvaluator:
         self._lock = threading.Lock()
         self.seen = 0
         self.scored = 0
-
-    def attach(self, engine: Any) -> OnlineEvaluator:
-        """Run on every generation ``engine`` finishes (after its own scorers)."""
-        self.base = engine.base
-        engine.scorers.append(self)
-        return self
-
-    def detach(self, engine: Any) -> None:
-        engine.scorers[:] = [s for s in engine.scorers if s is not self]
 
     def should_sample(self, request: Any, result: Any) -> bool:
         if self.traffic is not None and (request.traffic or semconv.TRAFFIC_PRODUCTION) not in self.traffic:
@@ -270,7 +280,7 @@ class OnlineEvaluator:
         return out
 
 
-class LabelJoiner:
+class LabelJoiner(_EngineHook):
     """Join late labels to remembered generations by response or request id, and emit the scores.
 
     ``encoding="span"`` (default) emits ``evaluation {metric}`` child spans; ``"log"`` emits
@@ -296,14 +306,6 @@ class LabelJoiner:
         self._entries: OrderedDict[str, ScoredGeneration] = OrderedDict()
         self._aliases: dict[str, str] = {}  # request id -> response id
         self._lock = threading.Lock()
-
-    def attach(self, engine: Any) -> LabelJoiner:
-        self.base = engine.base
-        engine.scorers.append(self)
-        return self
-
-    def detach(self, engine: Any) -> None:
-        engine.scorers[:] = [s for s in engine.scorers if s is not self]
 
     def __len__(self) -> int:
         return len(self._entries)

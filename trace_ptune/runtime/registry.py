@@ -98,10 +98,7 @@ class AdapterRegistry:
         sp = self._load(adapter)
         self.check_compatible(sp)
         with self._lock:
-            entry = self._entries.get(sp.hash)
-            if entry is None:
-                entry = AdapterEntry(adapter=sp, hash=sp.hash, tensor_bytes=_serving_bytes(sp))
-                self._entries[sp.hash] = entry
+            entry = self._entry(sp)
             entry.pinned = entry.pinned or pin
             entry.last_used = next(self._clock)
             for alias in _aliases(sp, name):
@@ -190,12 +187,11 @@ class AdapterRegistry:
             ) from None
         self.check_compatible(sp)
         with self._lock:
-            entry = self._entries.get(sp.hash)
-            if entry is None:
-                # Loaded by reference: keyed by hash only, so the store stays the authority on
-                # what a name means (a newer version saved there is picked up on the next call).
-                entry = AdapterEntry(adapter=sp, hash=sp.hash, tensor_bytes=_serving_bytes(sp))
-                self._entries[sp.hash] = entry
+            # Loaded by reference: keyed by hash only, so the store stays the authority on
+            # what a name means (a newer version saved there is picked up on the next call).
+            new = sp.hash not in self._entries
+            entry = self._entry(sp)
+            if new:
                 self._enforce_budget(keep=sp.hash)
             entry.last_used = next(self._clock)
             return entry
@@ -288,6 +284,14 @@ class AdapterRegistry:
                 f"cannot register {type(adapter).__name__}; pass a SoftPrompt, a store reference or a directory."
             )
         return adapter
+
+    def _entry(self, sp: Any) -> AdapterEntry:
+        """The entry of ``sp``, created (unpinned, unnamed) if new; call under the lock."""
+        entry = self._entries.get(sp.hash)
+        if entry is None:
+            entry = AdapterEntry(adapter=sp, hash=sp.hash, tensor_bytes=_serving_bytes(sp))
+            self._entries[sp.hash] = entry
+        return entry
 
     def _remove(self, adapter_hash: str) -> None:
         entry = self._entries.pop(adapter_hash, None)

@@ -32,17 +32,17 @@ from opentelemetry.trace import (
 )
 
 from trace_ptune import semconv
+from trace_ptune.instrumentation._warn import warn_once
 from trace_ptune.runtime.requests import GenerationRequest, GenerationResult, Score
 from trace_ptune.telemetry import get_tracer
 
 logger = logging.getLogger(__name__)
-_warned: set[str] = set()
 
 
 def _warn_once(what: str, exc: BaseException) -> None:
-    if what not in _warned:
-        _warned.add(what)
-        logger.warning("trace-ptune telemetry: %s failed (%s); generation continues.", what, exc)
+    warn_once(
+        logger, f"runtime: {what}", "trace-ptune telemetry: %s failed (%s); generation continues.", what, exc
+    )
 
 
 def capture_content_enabled(option: bool | None) -> bool:
