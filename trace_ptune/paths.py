@@ -81,8 +81,6 @@ def is_foreign_file(path: Path) -> bool:
     try:
         with Path(path).open("rb") as f:
             head = f.read(12)
-    except (FileNotFoundError, IsADirectoryError):
-        return False
-    except OSError:
+    except OSError:  # missing, a directory, unreadable
         return False
     return len(head) > 0 and head[8:12] != b"DUCK"

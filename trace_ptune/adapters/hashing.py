@@ -99,22 +99,15 @@ def adapter_hash(
     head_dim: int | None = None,
 ) -> str:
     """``sha256:<64 hex>`` of a soft prompt's serving tensor and config (layout in the module docstring)."""
-    header = hash_header(
-        method,
-        num_virtual_tokens=num_virtual_tokens,
-        hidden=hidden,
-        layers=layers,
-        kv_heads=kv_heads,
-        head_dim=head_dim,
-    )
-    shape = expected_shape(
-        method,
-        num_virtual_tokens=num_virtual_tokens,
-        hidden=hidden,
-        layers=layers,
-        kv_heads=kv_heads,
-        head_dim=head_dim,
-    )
+    layout = {
+        "num_virtual_tokens": num_virtual_tokens,
+        "hidden": hidden,
+        "layers": layers,
+        "kv_heads": kv_heads,
+        "head_dim": head_dim,
+    }
+    header = hash_header(method, **layout)
+    shape = expected_shape(method, **layout)
     if tuple(serving_tensor.shape) != shape:
         raise AdapterFormatError(
             f"The {method} tensor has shape {list(serving_tensor.shape)} but its config needs {list(shape)}; "

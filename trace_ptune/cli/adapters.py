@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from trace_ptune.cli.output import emit, handle_errors, output_options
+from trace_ptune.cli.output import emit, emit_record, handle_errors, output_options
 
 LIST_COLUMNS = ("name", "version", "hash12", "method", "num_virtual_tokens", "base_model_name", "created_at",
                 "deployments")  # fmt: skip
@@ -31,19 +31,6 @@ def _store(ctx: click.Context) -> Any:
     from trace_ptune.adapters.store import AdapterStore
 
     return AdapterStore(ctx.obj.get("store") if ctx.obj else None)
-
-
-def _emit_record(record: dict[str, Any], fmt: str, title: str | None = None) -> None:
-    """One record: a field/value table, or a one-element JSON array / NDJSON line / CSV row."""
-    if fmt == "table":
-        emit(
-            [{"field": k, "value": v} for k, v in record.items()],
-            fmt,
-            columns=("field", "value"),
-            title=title,
-        )
-    else:
-        emit([record], fmt)
 
 
 @click.group()
@@ -76,7 +63,7 @@ def list_cmd(ctx: click.Context, fmt: str) -> None:
 @handle_errors
 def show(ctx: click.Context, ref: str, fmt: str) -> None:
     """Show an adapter's manifest (REF: name, name@version, deployment or hash prefix)."""
-    _emit_record(_store(ctx).describe(ref), fmt, title=ref)
+    emit_record(_store(ctx).describe(ref), fmt, title=ref)
 
 
 @adapters.command()
@@ -136,7 +123,7 @@ def import_peft_cmd(ctx: click.Context, directory: Path, name: str, base_spec: s
 
     base = _load_base(base_spec) if base_spec else None
     stored = _store(ctx).save(import_peft(directory, base=base), name)
-    _emit_record(_store(ctx).describe(f"{stored.name}@{stored.version}"), fmt, title="imported")
+    emit_record(_store(ctx).describe(f"{stored.name}@{stored.version}"), fmt, title="imported")
 
 
 @adapters.command("export-peft")
@@ -190,7 +177,7 @@ def promote(
         )
     deployment = deployment or deployment_option
     state = _store(ctx).promote(ref, deployment, canary_percent=canary_percent, tenant=tenant)
-    _emit_record(state, fmt, title="promoted")
+    emit_record(state, fmt, title="promoted")
 
 
 @adapters.command()
@@ -200,7 +187,7 @@ def promote(
 @handle_errors
 def rollback(ctx: click.Context, deployment: str, fmt: str) -> None:
     """Restore DEPLOYMENT's state before its last promote, canary or rollback."""
-    _emit_record(_store(ctx).rollback(deployment), fmt, title="rolled back")
+    emit_record(_store(ctx).rollback(deployment), fmt, title="rolled back")
 
 
 @adapters.command()

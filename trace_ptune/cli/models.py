@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from trace_ptune.cli.output import emit, handle_errors, output_options
+from trace_ptune.cli.output import emit, emit_record, handle_errors, output_options
 
 PRESET_HELP = {
     "tiny-random": "A small grouped-query Llama (vocab 512, hidden 64) for tests and quick demos.",
@@ -30,16 +30,7 @@ def info(model: str, dtype: str | None, fmt: str) -> None:
     """Load MODEL (preset, directory, .gguf file or hub id) and print its name, fingerprint and shape."""
     from trace_ptune.models import load_model
 
-    record = load_model(model, dtype=dtype).info()
-    if fmt == "table":
-        emit(
-            [{"field": k, "value": v} for k, v in record.items()],
-            fmt,
-            columns=("field", "value"),
-            title=model,
-        )
-    else:
-        emit([record], fmt)
+    emit_record(load_model(model, dtype=dtype).info(), fmt, title=model)
 
 
 @models.command()

@@ -112,6 +112,19 @@ def emit(
     console.print(table)
 
 
+def emit_record(record: dict[str, Any], fmt: str, title: str | None = None) -> None:
+    """One record: a field/value table, or a one-element JSON array / NDJSON line / CSV row."""
+    if fmt == "table":
+        emit(
+            [{"field": k, "value": v} for k, v in record.items()],
+            fmt,
+            columns=("field", "value"),
+            title=title,
+        )
+    else:
+        emit([record], fmt)
+
+
 def handle_errors(func: F) -> F:
     """Turn ``TracePtuneError`` into a one-sentence ``click.ClickException`` (exit 1, no traceback)."""
 

@@ -191,7 +191,7 @@ def _ensure_converted(target: Path, build: Any, *args: Any) -> Path:
         if marker.is_file():  # another process built it while we waited
             return target
         with staging_dir(target) as tmp:
-            build(*args, tmp) if args else build(tmp)
+            build(*args, tmp)
             (tmp / ".complete").write_text("1\n")
             publish_dir(tmp, target)
     return target
