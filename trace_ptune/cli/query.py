@@ -52,6 +52,14 @@ def _adapter_label(name: str | None, version: int | None, h: str | None) -> str:
     return short_hash(h) or (name or "")
 
 
+def _with_adapter(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows for a table, each with an ``adapter`` column (name@version, else the short hash)."""
+    return [
+        {**r, "adapter": _adapter_label(r["adapter_name"], r["adapter_version"], r["adapter_hash"])}
+        for r in rows
+    ]
+
+
 def _minute(iso: str | None) -> str:
     """``2025-03-07T05:37:32.81Z`` -> ``2025-03-07 05:37Z`` for tables."""
     return f"{iso[:10]} {iso[11:16]}Z" if iso and len(iso) >= 16 else (iso or "")
@@ -187,10 +195,7 @@ def lineage_cmd(source: Any, fmt: str, ref: str) -> None:
 
     rows = lineage(source, ref)
     if fmt == "table":
-        shown = [
-            {**r, "adapter": _adapter_label(r["adapter_name"], r["adapter_version"], r["adapter_hash"])}
-            for r in rows
-        ]
+        shown = _with_adapter(rows)
         emit(shown, fmt, columns=["time", "stage", "adapter", "detail"], title=f"Lineage of {ref}")
     else:
         emit(rows, fmt)
@@ -242,10 +247,7 @@ def traces_cmd(
         limit=limit,
     )
     if fmt == "table":
-        shown = [
-            {**r, "adapter": _adapter_label(r["adapter_name"], r["adapter_version"], r["adapter_hash"])}
-            for r in rows
-        ]
+        shown = _with_adapter(rows)
         cols = [
             "trace_id",
             "start",

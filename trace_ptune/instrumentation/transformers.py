@@ -62,7 +62,7 @@ from collections.abc import Collection, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import wrapt
 from opentelemetry import context as otel_context
@@ -90,6 +90,7 @@ _DURATION_BUCKETS = [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12,
 _TTFC_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0]
 
 _SMALL = 4096  # tensors up to this many elements are converted to lists in one call
+_V = TypeVar("_V")
 _MAX_CACHED = 256  # per-model attribute dicts kept per adapter state (training makes new ones)
 _MAX_PENDING = 65536  # pending metric records above which each call records as many as it adds
 _DRAIN_INSTRUMENT = "trace_ptune.instrumentation.pending"  # observes nothing; see _drain_pending
@@ -311,17 +312,13 @@ class _ModelInfo:
         """The attributes scores copy, for calls without tags (cached; never mutate it)."""
         found = self.kept_attrs.get(adapter)
         if found is None:
-            if len(self.kept_attrs) >= _MAX_CACHED:
-                self.kept_attrs.clear()
-            found = self.kept_attrs[adapter] = _scoring.copied_attributes(self.request_for(adapter))
+            found = _remember(self.kept_attrs, adapter, _scoring.copied_attributes(self.request_for(adapter)))
         return found
 
     def request_for(self, adapter: Any) -> dict[str, Any]:
         """The per-call attributes that depend only on the model and the adapter (cached; copy it)."""
         found = self.request_attrs.get(adapter)
         if found is None:
-            if len(self.request_attrs) >= _MAX_CACHED:
-                self.request_attrs.clear()
             found = dict(self.static)
             if adapter is not None:
                 found.update(adapter.attributes)
@@ -329,7 +326,7 @@ class _ModelInfo:
                 found[semconv.GEN_AI_RESPONSE_MODEL] = f"{self.name}+ptune:{adapter.hash12}"
             else:
                 found[semconv.GEN_AI_RESPONSE_MODEL] = self.name
-            self.request_attrs[adapter] = found
+            _remember(self.request_attrs, adapter, found)
         return found
 
     def metrics_for(self, adapter_hash: str | None) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -337,8 +334,6 @@ class _ModelInfo:
         key = adapter_hash or ""
         found = self.metric_attrs.get(key)
         if found is None:
-            if len(self.metric_attrs) >= _MAX_CACHED:
-                self.metric_attrs.clear()
             base = {
                 semconv.GEN_AI_OPERATION_NAME: self.operation,
                 semconv.GEN_AI_PROVIDER_NAME: semconv.GEN_AI_PROVIDER_TRANSFORMERS,
@@ -351,8 +346,16 @@ class _ModelInfo:
                 {**base, semconv.GEN_AI_TOKEN_TYPE: "input"},
                 {**base, semconv.GEN_AI_TOKEN_TYPE: "output"},
             )
-            self.metric_attrs[key] = found
+            _remember(self.metric_attrs, key, found)
         return found
+
+
+def _remember(cache: dict[Any, _V], key: Any, value: _V) -> _V:
+    """Store ``value`` under ``key`` in a per-model cache, emptying it first when it is full."""
+    if len(cache) >= _MAX_CACHED:
+        cache.clear()
+    cache[key] = value
+    return value
 
 
 _models: weakref.WeakKeyDictionary[Any, _ModelInfo] = weakref.WeakKeyDictionary()
