@@ -40,18 +40,9 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 def make_batch(seed: int, n: int = 512) -> bytes:
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
+    from tests.collector.otlp_data import kv
     from trace_ptune import semconv as s
-
-    def kv(k, v):
-        if isinstance(v, bool):
-            return KeyValue(key=k, value=AnyValue(bool_value=v))
-        if isinstance(v, int):
-            return KeyValue(key=k, value=AnyValue(int_value=v))
-        if isinstance(v, float):
-            return KeyValue(key=k, value=AnyValue(double_value=v))
-        return KeyValue(key=k, value=AnyValue(string_value=v))
 
     rnd = random.Random(seed)
     req = ExportTraceServiceRequest()
@@ -99,6 +90,17 @@ def make_batch(seed: int, n: int = 512) -> bytes:
 # ---------------------------------------------------------------- sender process
 
 
+def _time_workers(worker, connections: int, retries: list[int]) -> None:
+    """Run ``worker`` on ``connections`` threads; print the wall time and retry count as JSON."""
+    threads = [threading.Thread(target=worker) for _ in range(connections)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print(json.dumps({"seconds": time.perf_counter() - t0, "retries": retries[0]}))
+
+
 def sender_main(args: argparse.Namespace) -> None:
     """Post pre-encoded batches over N keep-alive connections; print JSON timing."""
     host, port = args.target.split(":")
@@ -125,13 +127,7 @@ def sender_main(args: argparse.Namespace) -> None:
                 time.sleep(float(resp.getheader("Retry-After") or 0.2))
         conn.close()
 
-    threads = [threading.Thread(target=worker) for _ in range(args.connections)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    print(json.dumps({"seconds": time.perf_counter() - t0, "retries": retries[0]}))
+    _time_workers(worker, args.connections, retries)
 
 
 def exporter_sender_main(args: argparse.Namespace) -> None:
@@ -180,13 +176,7 @@ def exporter_sender_main(args: argparse.Namespace) -> None:
                 todo.pop()
             exporter.export(spans)
 
-    threads = [threading.Thread(target=worker) for _ in range(args.connections)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    print(json.dumps({"seconds": time.perf_counter() - t0, "retries": 0}))
+    _time_workers(worker, args.connections, [0])
 
 
 # ---------------------------------------------------------------- the anchor

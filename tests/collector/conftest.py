@@ -59,6 +59,9 @@ def grpc_target(c: Collector) -> str:
     return c.urls["grpc"].removeprefix("http://")
 
 
+PB = {"Content-Type": "application/x-protobuf"}
+
+
 def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
     req = urllib.request.Request(url, data=body, method="POST", headers=headers)
     try:
@@ -66,6 +69,11 @@ def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str,
             return resp.status, dict(resp.headers), resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, dict(exc.headers), exc.read()
+
+
+def post_pb(url: str, message) -> int:
+    """POST an OTLP protobuf message to ``url``; the HTTP status."""
+    return post(url, message.SerializeToString(), PB)[0]
 
 
 def start_subprocess(db: Path, *extra: str) -> tuple[subprocess.Popen, dict]:

@@ -14,12 +14,11 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-from tests.collector.conftest import grpc_target, post
+from tests.collector.conftest import PB, grpc_target, post
 from tests.collector.otlp_data import span_request
 from trace_ptune.collector.client import CollectorClient
 from trace_ptune.errors import CollectorError
 
-PB = {"Content-Type": "application/x-protobuf"}
 JS = {"Content-Type": "application/json"}
 
 

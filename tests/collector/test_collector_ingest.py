@@ -23,7 +23,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-from tests.collector.conftest import grpc_target, post
+from tests.collector.conftest import grpc_target, post, post_pb
 from tests.collector.otlp_data import ADAPTER, FINGERPRINT, eval_log_request, generation_attrs, span_request
 from trace_ptune import semconv
 
@@ -130,24 +130,13 @@ def test_log_exporters_store_logs_and_log_based_evaluations(collector, client):
     assert [json.loads(r[0]) for r in rows] == ["hello world", "hello world"]
     assert {r[2] for r in rows} == {"app"}
     # the log-event encoding of a score, sent before its scored span arrives
-    status, _, _ = post(
-        collector.urls["http"] + "/v1/logs",
-        eval_log_request(trace_id, span_id, "faithfulness", 0.25).SerializeToString(),
-        {"Content-Type": "application/x-protobuf"},
-    )
-    assert status == 200
+    log_req = eval_log_request(trace_id, span_id, "faithfulness", 0.25)
+    assert post_pb(collector.urls["http"] + "/v1/logs", log_req) == 200
     _, ev = client.query("SELECT source, name, score_value, adapter_hash FROM evaluations")
     assert ev == [["log", "faithfulness", 0.25, None]]
     # the scored span arrives later: the evaluation is back-filled
     req = span_request([{"trace_id": trace_id, "span_id": span_id, "attrs": generation_attrs()}])
-    assert (
-        post(
-            collector.urls["http"] + "/v1/traces",
-            req.SerializeToString(),
-            {"Content-Type": "application/x-protobuf"},
-        )[0]
-        == 200
-    )
+    assert post_pb(collector.urls["http"] + "/v1/traces", req) == 200
     _, ev = client.query(
         "SELECT adapter_hash, adapter_name, tenant, deployment, traffic, base_fingerprint, SpanId FROM evaluations"
     )
@@ -160,12 +149,8 @@ def test_log_evaluation_after_its_span_is_filled_from_the_stored_span(collector,
     trace_id, span_id = os.urandom(16), os.urandom(8)
     url = collector.urls["http"]
     req = span_request([{"trace_id": trace_id, "span_id": span_id, "attrs": generation_attrs()}])
-    post(url + "/v1/traces", req.SerializeToString(), {"Content-Type": "application/x-protobuf"})
-    post(
-        url + "/v1/logs",
-        eval_log_request(trace_id, span_id, "em", 1.0).SerializeToString(),
-        {"Content-Type": "application/x-protobuf"},
-    )
+    assert post_pb(url + "/v1/traces", req) == 200
+    assert post_pb(url + "/v1/logs", eval_log_request(trace_id, span_id, "em", 1.0)) == 200
     _, ev = client.query("SELECT source, adapter_hash, tenant, TraceId FROM evaluations")
     assert ev == [["log", ADAPTER, "acme", trace_id.hex()]]
 
@@ -177,11 +162,11 @@ def test_child_span_evaluation_whose_parent_arrives_later_is_back_filled(collect
         [{"name": "evaluation em", "trace_id": trace_id, "parent": parent,
           "attrs": {semconv.GEN_AI_EVALUATION_NAME: "em", semconv.GEN_AI_EVALUATION_SCORE_VALUE: 0.5}}]
     )  # fmt: skip
-    post(url + "/v1/traces", child.SerializeToString(), {"Content-Type": "application/x-protobuf"})
+    assert post_pb(url + "/v1/traces", child) == 200
     _, ev = client.query("SELECT adapter_hash FROM evaluations")
     assert ev == [[None]]
     scored = span_request([{"trace_id": trace_id, "span_id": parent, "attrs": generation_attrs()}])
-    post(url + "/v1/traces", scored.SerializeToString(), {"Content-Type": "application/x-protobuf"})
+    assert post_pb(url + "/v1/traces", scored) == 200
     _, ev = client.query("SELECT source, SpanId, adapter_hash, tenant FROM evaluations")
     assert ev == [["span", parent.hex(), ADAPTER, "acme"]]
 

@@ -19,14 +19,12 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExportResult
 
-from tests.collector.conftest import post, start_subprocess
+from tests.collector.conftest import PB, post, start_subprocess
 from tests.collector.otlp_data import generation_attrs, span_request
 from trace_ptune.cli.main import cli
 from trace_ptune.collector import Collector, CollectorConfig
 from trace_ptune.collector.client import CollectorClient
 from trace_ptune.errors import CollectorError
-
-PB = {"Content-Type": "application/x-protobuf"}
 
 
 def test_kill_9_during_ingestion_loses_no_acknowledged_span(tmp_path):

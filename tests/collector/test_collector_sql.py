@@ -9,7 +9,7 @@ import subprocess
 import psycopg
 import pytest
 
-from tests.collector.conftest import pg_port, post
+from tests.collector.conftest import pg_port, post_pb
 from tests.collector.otlp_data import ADAPTER, generation_attrs, span_request
 from trace_ptune import semconv
 from trace_ptune.collector.sql_guard import check_read_only
@@ -46,14 +46,7 @@ def loaded(collector):
             for s in (0.0, 1.0, 1.0)
         ]
     )  # fmt: skip
-    assert (
-        post(
-            collector.urls["http"] + "/v1/traces",
-            req.SerializeToString(),
-            {"Content-Type": "application/x-protobuf"},
-        )[0]
-        == 200
-    )
+    assert post_pb(collector.urls["http"] + "/v1/traces", req) == 200
     return collector
 
 

@@ -134,19 +134,18 @@ def run(
         click.echo("collector stopped cleanly", err=True)
 
 
-def _target(db: str | None, url: str | None, token: str | None) -> tuple[Path, Any]:
-    """(database path, client of its running collector or None)."""
+def _target(db: str | None, url: str | None, token: str | None) -> tuple[Path, Any, dict[str, Any] | None]:
+    """(database path, client of its running collector or None, that collector's side file or None)."""
     from trace_ptune.collector.client import CollectorClient
-    from trace_ptune.collector.server import read_side_file
 
     path = Path(db).expanduser() if db else paths.default_db()
     token = token or os.environ.get(semconv.ENV_TOKEN) or None
+    info = paths.live_collector(path)
     if url:
-        return path, CollectorClient(url, token)
-    info = read_side_file(path)
+        return path, CollectorClient(url, token), info
     if info and info.get("urls", {}).get("http"):
-        return path, CollectorClient(info["urls"]["http"], token)
-    return path, None
+        return path, CollectorClient(info["urls"]["http"], token), info
+    return path, None, info
 
 
 _CLIENT_OPTIONS = [
@@ -178,18 +177,15 @@ def export(directory: str, db: str | None, url: str | None, token: str | None, f
     """Export every table as Parquet, partitioned by day (DIR/<table>/day=YYYY-MM-DD/)."""
     from trace_ptune.collector.store import connect, export_parquet
 
-    path, client = _target(db, url, token)
+    path, client, _ = _target(db, url, token)
     out = str(Path(directory).expanduser().resolve())
     if client is not None:
         counts = client.export_parquet(out)["rows"]
     else:
         if not path.exists():
             raise ConfigError(f"no database at {path}; pass --db with an existing file")
-        con = connect(path, read_only=True)
-        try:
+        with connect(path, read_only=True) as con:
             counts = export_parquet(con, out)
-        finally:
-            con.close()
     emit(
         [{"table": k, "rows": v, "dir": out} for k, v in counts.items()],
         fmt,
@@ -205,7 +201,7 @@ def compact(db: str | None, url: str | None, token: str | None, fmt: str) -> Non
     """Reclaim space after deletes: copy the database into a fresh file and swap it in."""
     from trace_ptune.collector.store import compact_offline
 
-    path, client = _target(db, url, token)
+    path, client, _ = _target(db, url, token)
     if client is not None:
         res = client.compact()
         before, after = res["bytes_before"], res["bytes_after"]
@@ -220,10 +216,7 @@ def compact(db: str | None, url: str | None, token: str | None, fmt: str) -> Non
 @handle_errors
 def status(db: str | None, url: str | None, token: str | None, fmt: str) -> None:
     """Show whether a collector runs on the database, its URLs and row counts."""
-    from trace_ptune.collector.server import read_side_file
-    from trace_ptune.collector.store import connect
-
-    path, client = _target(db, url, token)
+    path, client, info = _target(db, url, token)
     tables = [
         semconv.TABLE_SPANS,
         semconv.TABLE_EVALUATIONS,
@@ -233,20 +226,21 @@ def status(db: str | None, url: str | None, token: str | None, fmt: str) -> None
     ]
     sql = "SELECT " + ", ".join(f"(SELECT count(*) FROM {t}) AS {t}" for t in tables)
     row: dict[str, Any] = {"db": str(path), "running": client is not None}
-    info = read_side_file(path)
     if info:
         row.update({"pid": info.get("pid"), "started_at": info.get("started_at"), **info.get("urls", {})})
     if client is not None:
         cols, rows = client.query(sql)
         row.update(dict(zip(cols, rows[0], strict=True)))
     elif path.exists():
-        con = connect(path, read_only=True)
-        try:
-            counts = con.execute(sql).fetchone()
-        except Exception:
-            counts = None
-        finally:
-            con.close()
+        import duckdb
+
+        from trace_ptune.collector.store import connect
+
+        with connect(path, read_only=True) as con:
+            try:
+                counts = con.execute(sql).fetchone()
+            except duckdb.Error:  # a database without the collector's tables
+                counts = None
         if counts:
             row.update(dict(zip(tables, counts, strict=True)))
     else:

@@ -475,11 +475,13 @@ class _Handler(socketserver.StreamRequestHandler):
         if self.session.status == b"T":
             self.session.status = b"E"
 
-    def _track(self, tag: str) -> None:
+    def _complete_tag(self, tag: str) -> None:
+        """CommandComplete for a statement answered without DuckDB; BEGIN/COMMIT move the status."""
         if tag == "BEGIN":
             self.session.status = b"T"
         elif tag in ("COMMIT", "ROLLBACK"):
             self.session.status = b"I"
+        self._send(b"C", tag.encode() + b"\0")
 
     def _simple(self, sql: str) -> None:
         try:
@@ -496,8 +498,7 @@ class _Handler(socketserver.StreamRequestHandler):
                     self._send(b"I")
                     continue
                 if stmt.kind == "tag":
-                    self._track(stmt.tag)
-                    self._send(b"C", stmt.tag.encode() + b"\0")
+                    self._complete_tag(stmt.tag)
                     continue
                 portal = _Portal(stmt, [], [0])
                 self._run(portal)
@@ -585,8 +586,7 @@ class _Handler(socketserver.StreamRequestHandler):
             self._send(b"I")
             return
         if stmt.kind == "tag":
-            self._track(stmt.tag)
-            self._send(b"C", stmt.tag.encode() + b"\0")
+            self._complete_tag(stmt.tag)
             return
         self._run(portal)
         self._data_rows(portal, max_rows)

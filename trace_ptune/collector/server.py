@@ -289,9 +289,4 @@ def _bind_error(what: str, address: str, option: str, exc: OSError) -> Collector
     return CollectorError(f"cannot listen for {what} on {address}: {exc.strerror or exc}; check {option}")
 
 
-def read_side_file(db: str | Path) -> dict[str, Any] | None:
-    """The side file of a collector that is running on ``db`` (None when none is alive)."""
-    return paths.live_collector(Path(db))
-
-
-__all__ = ["Collector", "CollectorConfig", "parse_address", "parse_duration", "read_side_file"]
+__all__ = ["Collector", "CollectorConfig", "parse_address", "parse_duration"]

@@ -576,13 +576,7 @@ def insert_rows(con: duckdb.DuckDBPyConnection, table: str, rows: list[tuple]) -
         types = {"ts": pa.timestamp("us"), "int": pa.int64(), "float": pa.float64(), "bool": pa.bool_()}
         cols = list(zip(*rows, strict=True))
         arrays = [pa.array(col, type=types.get(k, pa.string())) for col, k in zip(cols, kinds, strict=True)]
-        tbl = pa.Table.from_arrays(arrays, names=list(columns))
-        name = f"__ptune_batch_{table}"
-        con.register(name, tbl)
-        try:
-            con.execute(f"INSERT INTO {table} SELECT * FROM {name}")
-        finally:
-            con.unregister(name)
+        insert_table(con, table, pa.Table.from_arrays(arrays, names=list(columns)))
         return
     ts_idx = [i for i, k in enumerate(kinds) if k == "ts"]  # pragma: no cover - without pyarrow
     if ts_idx:  # pragma: no cover
