@@ -12,21 +12,20 @@ Modules: ``config`` (tenants and per-model profiles), ``datasets`` (the bundled 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from trace_ptune._lazy import lazy_exports
 
 __all__ = ["DemoConfig", "DemoResult", "run_demo"]
 
-
-def __getattr__(name: str) -> Any:
-    if name == "DemoConfig":
-        from trace_ptune.demo.config import DemoConfig
-
-        return DemoConfig
-    if name in ("DemoResult", "run_demo"):
-        from trace_ptune.demo import story
-
-        return getattr(story, name)
-    raise AttributeError(f"module 'trace_ptune.demo' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "DemoConfig": "trace_ptune.demo.config",
+        "DemoResult": "trace_ptune.demo.story",
+        "run_demo": "trace_ptune.demo.story",
+    },
+)
 
 
 if TYPE_CHECKING:

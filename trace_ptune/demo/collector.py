@@ -8,7 +8,6 @@ collector drains, checkpoints and exits 0) and kills only if it does not exit in
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -16,7 +15,6 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 from trace_ptune import paths
 from trace_ptune.errors import DemoError
@@ -53,15 +51,14 @@ class CollectorProcess:
         with open(self.log, "wb") as out:
             self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
         deadline = time.monotonic() + timeout_s
-        side = paths.collector_side_file(self.db)
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise DemoError(
                     f"the collector exited with code {self._proc.returncode} while starting; "
                     f"see its log {self.log}: {self._tail()}"
                 )
-            info = _read_json(side)
-            if info and info.get("pid") == self._proc.pid and _healthy(info.get("urls", {}).get("http")):
+            info = paths.live_collector(self.db)
+            if info and info.get("pid") == self._proc.pid and _healthy(info["urls"].get("http")):
                 self.urls = dict(info["urls"])
                 return self
             time.sleep(0.1)
@@ -105,13 +102,6 @@ class CollectorProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _healthy(url: str | None) -> bool:

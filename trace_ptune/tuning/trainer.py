@@ -12,6 +12,7 @@ all-reduce gradients (DDP), clip and step each tenant's AdamW, evaluate, checkpo
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -423,7 +424,7 @@ class _Trainer:
                         },
                     )
                     if sampled
-                    else _nullspan()
+                    else contextlib.nullcontext()
                 )
                 with span_cm as step_span:
                     loss, lr, grad_norm, tokens = self._optimizer_step(plan[step_index])
@@ -794,14 +795,6 @@ def _module_from_parent(sp: SoftPrompt, cfg: TrainConfig) -> SoftPromptModule:
             module.load_state_dict({k: v.to(emb.dtype) for k, v in sp.encoder_state.items()})
         return module
     return PromptTuning(emb)
-
-
-class _nullspan:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 class _Progress:
