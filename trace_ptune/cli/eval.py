@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from trace_ptune.cli._telemetry import configure_telemetry
 from trace_ptune.cli.output import emit, handle_errors, output_options
 
 
@@ -96,9 +97,8 @@ def run_cmd(
     gen_ai.evaluation.result events, under one ptune.eval span with per-metric aggregates.
     """
     from trace_ptune.evals.runner import run_eval
-    from trace_ptune.telemetry import configure
 
-    configure()
+    configure_telemetry(service_name="trace-ptune-eval")
     stops = tuple(s.replace("\\n", "\n").replace("\\t", "\t") for s in stop)  # --stop '\n' from a shell
     run = run_eval(
         model=model,

@@ -19,11 +19,11 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
 from trace_ptune import semconv
+from trace_ptune.cli._telemetry import configure_telemetry, flush_telemetry
 from trace_ptune.cli.output import emit, handle_errors, output_options
 
 BASE_MODEL_MARK = "-"
@@ -168,25 +168,9 @@ def generate(
         for row in rows:
             row["output_tokens"] = row["output_tokens"] if row["error"] is None else None
     emit(rows, fmt, columns=COLUMNS, title=f"generate ({base.name})")
-    if telemetry is not None:
-        try:
-            telemetry.force_flush()
-        except Exception as exc:  # telemetry never fails the command
-            logger.warning("could not flush spans: %s", exc)
+    flush_telemetry(telemetry)
     failed = [r for r in results if r.error is not None]
     if failed:
         for result in failed:
             click.echo(f"error: {result.error}", err=True)
         sys.exit(1)
-
-
-def configure_telemetry(service_name: str | None = None) -> Any:
-    """Set up span export for a command; None (with a warning) when it cannot be, so the command
-    runs anyway."""
-    try:
-        from trace_ptune.telemetry import configure
-
-        return configure(service_name=service_name)
-    except Exception as exc:  # no exporters available: run anyway
-        logger.warning("telemetry is off: %s", exc)
-        return None

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import click
 
+from trace_ptune.cli._telemetry import configure_telemetry
 from trace_ptune.cli.generate import (
     allow_base_mismatch_option,
     capture_content_option,
-    configure_telemetry,
     dtype_option,
     model_option,
     store_option,

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from trace_ptune.cli._telemetry import configure_telemetry, flush_telemetry
 from trace_ptune.cli.output import handle_errors
 
 logger = logging.getLogger(__name__)
@@ -131,13 +132,13 @@ def train(
     from trace_ptune.tuning import TrainConfig
     from trace_ptune.tuning.trainer import run_training
 
-    telemetry = _configure_telemetry()
+    telemetry = configure_telemetry(service_name="trace-ptune-train")
     options["scorers"] = list(options["scorers"])
     config = TrainConfig(eval=eval_, max_grad_norm=max_grad_norm or None, **options)
     try:
         result = run_training(config, None, tenant_field=tenant_field, batches=None)
     finally:
-        _flush(telemetry)
+        flush_telemetry(telemetry)
     if result.store_path is None:  # not rank 0
         return
     summary = result.to_dict()
@@ -168,22 +169,3 @@ def train(
             f"note: dropped {metrics['leaked_dropped']} training examples that occur in the eval set",
             err=True,
         )
-
-
-def _configure_telemetry() -> Any:
-    try:
-        from trace_ptune.telemetry import configure
-
-        return configure(service_name="trace-ptune-train")
-    except Exception as exc:  # telemetry never fails the command
-        logger.warning("telemetry is off: %s", exc)
-        return None
-
-
-def _flush(telemetry: Any) -> None:
-    if telemetry is None:
-        return
-    try:
-        telemetry.force_flush()
-    except Exception as exc:
-        logger.warning("could not flush spans: %s", exc)
