@@ -514,6 +514,19 @@ _SPAN_ROW_COLUMNS = (
 _SPAN_RUN_COLUMNS = ("ServiceName", "ResourceAttributes", "ScopeName", "ScopeVersion")
 
 
+_WALK: Any = False  # the C walk once imported; None when the extension is not built
+
+
+def _native_walk() -> Any:
+    global _WALK
+    if _WALK is False:
+        try:
+            from trace_ptune.collector._otlpwalk import walk as _WALK
+        except ImportError:  # no C compiler at install time: the Python walk does the same
+            _WALK = None
+    return _WALK
+
+
 class TraceConverter:
     """Converts OTLP trace requests (bytes or messages); keeps attribute caches between calls."""
 
@@ -557,10 +570,36 @@ class TraceConverter:
         """Rows for ``spans``, ``evaluations`` and ``adapters`` from a request message."""
         return self.convert_bytes(request.SerializeToString(), batch)
 
-    def convert_bytes(self, body: bytes, batch: Batch | None = None) -> Batch:
-        """Rows for ``spans``, ``evaluations`` and ``adapters`` from a protobuf request body."""
-        request = _parse_projection(body)
+    def convert_bytes(self, body: bytes, batch: Batch | None = None, native: bool | None = None) -> Batch:
+        """Rows for ``spans``, ``evaluations`` and ``adapters`` from a protobuf request body.
+
+        ``native`` picks the walk: the C extension (default when it is built) or the Python one.
+        Both produce the same batch."""
         batch = batch or Batch()
+        walk = _native_walk() if native is None or native else None
+        if native and walk is None:
+            raise RuntimeError("the C extension trace_ptune.collector._otlpwalk is not built")
+        if walk is None:
+            return self._finish(batch, *self._walk(body, batch))
+        cache = self.cache
+        try:
+            cols, groups, eval_rows, eval_spans, rejected, bad_reason = walk(
+                body, cache.frag, cache.prom, cache.kv, cache.miss, self._events, self._event,
+                self._resource, _links_json, _eval_row, _note_adapter, batch.adapters, _COMPLEX,
+                _N_PV, len(_PROMOTED), _EVAL_NAME_INDEX,
+            )  # fmt: skip
+        except ValueError as exc:  # the wire format (callbacks raise MalformedPayload themselves)
+            raise MalformedPayload(f"the body is not a valid OTLP spans protobuf message: {exc}") from None
+        runs = [_Runs() for _ in _SPAN_RUN_COLUMNS]
+        for group in groups:
+            for col, value in zip(runs, group[:4], strict=True):
+                col.add(value, group[4])
+        return self._finish(batch, cols, runs, eval_rows, eval_spans, rejected, bad_reason)
+
+    def _walk(self, body: bytes, batch: Batch) -> tuple:
+        """The Python walk: (span columns, run columns, evaluation rows, child-span evaluations,
+        rejected count, reason); the C extension returns the same."""
+        request = _parse_projection(body)
         rows: list[tuple] = []
         runs = [_Runs() for _ in _SPAN_RUN_COLUMNS]
         eval_rows: list[tuple] = []
@@ -692,26 +731,39 @@ class TraceConverter:
                 if n:
                     for col, value in zip(runs, (service, res_json, scope.name, scope.version), strict=True):
                         col.add(value, n)
+        cols = list(zip(*rows, strict=True))
+        return cols, runs, eval_rows, eval_spans, rejected, bad_reason
+
+    @staticmethod
+    def _finish(
+        batch: Batch,
+        cols: list[Any],
+        runs: list[_Runs],
+        eval_rows: list[tuple],
+        eval_spans: list[tuple[int, str | None]],
+        rejected: int,
+        bad_reason: str,
+    ) -> Batch:
+        n = len(cols[0]) if cols else 0
         if eval_spans:
             # Child-span encoding: the scored span is the parent; fill from it when it is in this batch.
-            by_id = {row[2]: row for row in rows}
+            pos = {span_id: j for j, span_id in enumerate(cols[2])} if n else {}
             for idx, parent in eval_spans:
-                prow = by_id.get(parent) if parent else None
-                if prow is not None:
-                    eval_rows[idx] = _fill_from_row(eval_rows[idx], prow)
-        if rows:
-            cols = list(zip(*rows, strict=True))
+                j = pos.get(parent) if parent else None
+                if j is not None:
+                    eval_rows[idx] = _fill_from_span(eval_rows[idx], cols, j)
+        if n:
             by_name = dict(zip(_SPAN_ROW_COLUMNS, cols, strict=False))
             by_name.update(zip(_SPAN_RUN_COLUMNS, runs, strict=True))
             by_name.update(zip(_PROMOTED_COLUMNS, cols[len(_SPAN_ROW_COLUMNS) :], strict=False))
-            batch.add_columns(semconv.TABLE_SPANS, [by_name[c] for c in SPAN_COLUMNS], len(rows))
+            batch.add_columns(semconv.TABLE_SPANS, [by_name[c] for c in SPAN_COLUMNS], n)
         if eval_rows:
             batch.table(semconv.TABLE_EVALUATIONS).extend(eval_rows)
             # Span events score the span that carries them: already filled, nothing to wait for.
             for row in eval_rows:
                 if row[4] == "span" and row[2] and any(row[i] is None for i in _EVAL_FILL_IDX):
                     batch.missing.add(row[2])
-        batch.accepted += len(rows)
+        batch.accepted += n
         batch.rejected += rejected
         if bad_reason:
             batch.error = (
@@ -851,13 +903,14 @@ def _rest_json(attrs: dict[str, Any]) -> str:
     return _dumps(rest) if rest else "{}"
 
 
-def _fill_from_row(erow: tuple, span_row: tuple) -> tuple:
+def _fill_from_span(erow: tuple, cols: list[Any], j: int) -> tuple:
+    """An evaluation row with its missing identity columns taken from span ``j`` of ``cols``."""
     row = list(erow)
     for ei, si in zip(_EVAL_FILL_IDX, _ROW_FILL_IDX, strict=True):
         if row[ei] is None:
-            row[ei] = span_row[si]
+            row[ei] = cols[si][j]
     if row[9] is None:
-        row[9] = span_row[_ROW_RESPONSE_IDX]
+        row[9] = cols[_ROW_RESPONSE_IDX][j]
     return tuple(row)
 
 
