@@ -14,6 +14,7 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#include <limits.h>
 
 /* ------------------------------------------------------------------ wire format */
 
@@ -195,8 +196,193 @@ static int buf_put_str(Buf *buf, PyObject *str) {
     return buf_put(buf, s, n);
 }
 
-static PyObject *buf_str(Buf *buf) {
-    return PyUnicode_DecodeUTF8(buf->b, buf->n, "strict");
+/* ------------------------------------------------------------------ Arrow columns
+ * Span columns are built as Arrow buffers (UTF-8 data + int32 offsets, or int64 values, and a
+ * validity bitmap), which Python wraps without copying (pyarrow.Array.from_buffers). */
+
+enum { COL_STR = 0, COL_I64 = 1 };
+
+typedef struct {
+    int kind;
+    Buf data;
+    int32_t *offsets; /* COL_STR: n + 1 entries */
+    uint8_t *valid;   /* one byte per row, allocated at the first null */
+    Py_ssize_t n, cap, nulls;
+} Column;
+
+static int col_grow(Column *c) {
+    if (c->n < c->cap) return 0;
+    Py_ssize_t cap = c->cap ? c->cap * 2 : 1024;
+    if (c->kind == COL_STR) {
+        int32_t *o = PyMem_Realloc(c->offsets, (size_t)(cap + 1) * sizeof(int32_t));
+        if (!o) goto nomem;
+        if (!c->offsets) o[0] = 0;
+        c->offsets = o;
+    }
+    if (c->valid) {
+        uint8_t *v = PyMem_Realloc(c->valid, (size_t)cap);
+        if (!v) goto nomem;
+        c->valid = v;
+    }
+    c->cap = cap;
+    return 0;
+nomem:
+    PyErr_NoMemory();
+    return -1;
+}
+
+/* Ends row n of a string column: its value is what was appended to c->data since row n - 1. */
+static int col_end(Column *c) {
+    if (c->data.n > INT32_MAX) return bad("a request's column exceeds 2 GiB");
+    c->offsets[c->n + 1] = (int32_t)c->data.n;
+    if (c->valid) c->valid[c->n] = 1;
+    c->n++;
+    return 0;
+}
+
+static int col_str(Column *c, const void *p, Py_ssize_t n) {
+    if (col_grow(c) < 0 || buf_put(&c->data, p, n) < 0) return -1;
+    return col_end(c);
+}
+
+static int col_null(Column *c) {
+    if (col_grow(c) < 0) return -1;
+    if (!c->valid) {
+        c->valid = PyMem_Malloc((size_t)c->cap);
+        if (!c->valid) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        memset(c->valid, 1, (size_t)c->n);
+    }
+    c->valid[c->n] = 0;
+    if (c->kind == COL_STR) {
+        c->offsets[c->n + 1] = c->offsets[c->n];
+    } else {
+        int64_t zero = 0;
+        if (buf_put(&c->data, (const char *)&zero, 8) < 0) return -1;
+    }
+    c->n++;
+    c->nulls++;
+    return 0;
+}
+
+static int col_i64(Column *c, int64_t v) {
+    if (col_grow(c) < 0 || buf_put(&c->data, (const char *)&v, 8) < 0) return -1;
+    if (c->valid) c->valid[c->n] = 1;
+    c->n++;
+    return 0;
+}
+
+/* A cached promoted value: None, a str (string column) or an int (int64 column). */
+static int col_obj(Column *c, PyObject *o) {
+    if (!o || o == Py_None) return col_null(c);
+    if (c->kind == COL_STR) {
+        if (!PyUnicode_Check(o)) {
+            PyErr_SetString(PyExc_TypeError, "a promoted string column got a non-str value");
+            return -1;
+        }
+        if (col_grow(c) < 0 || buf_put_str(&c->data, o) < 0) return -1;
+        return col_end(c);
+    }
+    if (!PyLong_Check(o)) {
+        PyErr_SetString(PyExc_TypeError, "a promoted integer column got a non-int value");
+        return -1;
+    }
+    long long v = PyLong_AsLongLong(o);
+    if (v == -1 && PyErr_Occurred()) return -1;
+    return col_i64(c, v);
+}
+
+/* (kind, n, data, offsets | None, validity bitmap | None, null count) of a finished column. */
+static PyObject *col_take(Column *c) {
+    PyObject *data = PyBytes_FromStringAndSize(c->data.b ? c->data.b : "", c->data.n);
+    PyObject *offsets = NULL, *valid = NULL;
+    if (!data) return NULL;
+    if (c->kind == COL_STR) {
+        static const int32_t zero = 0;
+        offsets = PyBytes_FromStringAndSize(c->offsets ? (const char *)c->offsets : (const char *)&zero,
+                                            (c->n + 1) * (Py_ssize_t)sizeof(int32_t));
+    } else {
+        offsets = Py_NewRef(Py_None);
+    }
+    if (c->nulls) {
+        Py_ssize_t nb = (c->n + 7) / 8;
+        valid = PyBytes_FromStringAndSize(NULL, nb);
+        if (valid) {
+            uint8_t *bits = (uint8_t *)PyBytes_AS_STRING(valid);
+            memset(bits, 0, (size_t)nb);
+            for (Py_ssize_t i = 0; i < c->n; i++)
+                if (c->valid[i]) bits[i >> 3] |= (uint8_t)(1u << (i & 7));
+        }
+    } else {
+        valid = Py_NewRef(Py_None);
+    }
+    PyObject *out = (offsets && valid) ? Py_BuildValue("(inOOOn)", c->kind, c->n, data, offsets, valid, c->nulls)
+                                       : NULL;
+    Py_DECREF(data);
+    Py_XDECREF(offsets);
+    Py_XDECREF(valid);
+    return out;
+}
+
+static void col_free(Column *c) {
+    PyMem_Free(c->data.b);
+    PyMem_Free(c->offsets);
+    PyMem_Free(c->valid);
+    memset(c, 0, sizeof(*c));
+}
+
+/* Strict UTF-8 (no overlongs, surrogates or code points past U+10FFFF), as protobuf requires. */
+static int utf8_ok(const uint8_t *s, Py_ssize_t n) {
+    Py_ssize_t i = 0;
+    while (i < n) {
+        uint8_t c = s[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        int len;
+        uint32_t cp;
+        if ((c & 0xE0) == 0xC0) {
+            len = 2;
+            cp = c & 0x1F;
+        } else if ((c & 0xF0) == 0xE0) {
+            len = 3;
+            cp = c & 0x0F;
+        } else if ((c & 0xF8) == 0xF0) {
+            len = 4;
+            cp = c & 0x07;
+        } else {
+            return 0;
+        }
+        if (i + len > n) return 0;
+        for (int k = 1; k < len; k++) {
+            if ((s[i + k] & 0xC0) != 0x80) return 0;
+            cp = (cp << 6) | (s[i + k] & 0x3F);
+        }
+        if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
+            cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+            return 0;
+        i += len;
+    }
+    return 1;
+}
+
+static int col_utf8(Column *c, Slice s) {
+    if (!utf8_ok(s.p, s.n)) return bad("a string field is not valid UTF-8");
+    return col_str(c, s.p, s.n);
+}
+
+static int col_hex(Column *c, Slice s) {
+    static const char digits[] = "0123456789abcdef";
+    char tmp[64];
+    if (s.n > 32) return bad("id too long");
+    for (Py_ssize_t i = 0; i < s.n; i++) {
+        tmp[2 * i] = digits[s.p[i] >> 4];
+        tmp[2 * i + 1] = digits[s.p[i] & 15];
+    }
+    return col_str(c, tmp, s.n * 2);
 }
 
 /* Seconds since the epoch as "YYYY-MM-DDTHH:MM:SS" (proleptic Gregorian, UTC). */
@@ -219,6 +405,53 @@ static int iso_seconds(uint64_t sec, char *out /* 32 bytes */) {
     return 0;
 }
 
+/* ------------------------------------------------------------------ scalar attributes */
+
+/* A JSON string as Python's json module writes it with ensure_ascii=False. */
+static int json_str(Buf *b, const uint8_t *s, Py_ssize_t n) {
+    static const char hex[] = "0123456789abcdef";
+    Py_ssize_t start = 0;
+    if (buf_put(b, "\"", 1) < 0) return -1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint8_t c = s[i];
+        if (c >= 0x20 && c != '"' && c != '\\') continue;
+        char esc[6] = {'\\', 0, 0, 0, 0, 0};
+        int len = 2;
+        switch (c) {
+        case '"': esc[1] = '"'; break;
+        case '\\': esc[1] = '\\'; break;
+        case '\n': esc[1] = 'n'; break;
+        case '\r': esc[1] = 'r'; break;
+        case '\t': esc[1] = 't'; break;
+        case '\b': esc[1] = 'b'; break;
+        case '\f': esc[1] = 'f'; break;
+        default:
+            esc[1] = 'u';
+            esc[2] = '0';
+            esc[3] = '0';
+            esc[4] = hex[c >> 4];
+            esc[5] = hex[c & 15];
+            len = 6;
+        }
+        if (buf_put(b, (const char *)s + start, i - start) < 0 || buf_put(b, esc, len) < 0) return -1;
+        start = i + 1;
+    }
+    if (buf_put(b, (const char *)s + start, n - start) < 0) return -1;
+    return buf_put(b, "\"", 1);
+}
+
+/* A float as Python's json module writes it (repr; NaN, Infinity, -Infinity). */
+static int json_double(Buf *b, double d) {
+    if (d != d) return buf_put(b, "NaN", 3);
+    if (d == Py_HUGE_VAL) return buf_put(b, "Infinity", 8);
+    if (d == -Py_HUGE_VAL) return buf_put(b, "-Infinity", 9);
+    char *r = PyOS_double_to_string(d, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+    if (!r) return -1;
+    int rc = buf_put(b, r, (Py_ssize_t)strlen(r));
+    PyMem_Free(r);
+    return rc;
+}
+
 /* ------------------------------------------------------------------ the walk */
 
 #define N_ROW 13 /* per-span columns before the promoted values */
@@ -228,8 +461,11 @@ typedef struct {
     PyObject *frag, *prom, *kv, *miss, *events, *event_fn, *links_fn, *eval_row_fn, *note_fn;
     PyObject *adapters, *complex_marker;
     Py_ssize_t n_pv, n_out_pv, eval_name_idx;
+    const char *prom_key[64]; /* promoted attribute keys (UTF-8) */
+    Py_ssize_t prom_len[64];
+    const char *prom_kind;    /* 's' or 'i' per promoted key */
     /* output (owned) */
-    PyObject *cols;      /* list of N_ROW + n_out_pv lists */
+    Column cols[N_ROW + 64]; /* N_ROW + n_out_pv span columns */
     PyObject *eval_rows; /* list of tuples */
     PyObject *eval_spans;
     PyObject *seen; /* adapter hash -> identity tuple */
@@ -237,8 +473,91 @@ typedef struct {
     PyObject *bad_reason;
     /* scratch */
     SliceVec attrs, events_v, links, eattrs;
-    Buf json;
 } Walk;
+
+enum { V_NONE = 0, V_STR, V_BOOL, V_INT, V_DOUBLE, V_OTHER };
+
+/* A serialized KeyValue with a scalar value, written as its JSON fragment ("key":value) to
+ * out, with its promoted value set in pv when its key is promoted and the value has the
+ * column's type. 1: done; 0: not handled here (arrays, maps, bytes, a promoted key with a
+ * value of another type): the Python cache converts it; -1: error. */
+static int kv_scalar(Walk *w, Slice raw, Buf *out, PyObject **pv) {
+    const uint8_t *p = raw.p, *end = raw.p + raw.n;
+    uint32_t f;
+    int wt, r, vt = V_NONE;
+    Slice key = {(const uint8_t *)"", 0}, sval = {NULL, 0};
+    uint64_t u = 0;
+    while ((r = read_tag(&p, end, &f, &wt)) == 0) {
+        Slice x;
+        if (f == 1 && wt == 2) {
+            if (read_len(&p, end, &key) < 0) return -1;
+        } else if (f == 2 && wt == 2) { /* AnyValue: repeated occurrences merge (last value wins) */
+            if (read_len(&p, end, &x) < 0) return -1;
+            const uint8_t *q = x.p, *qend = x.p + x.n;
+            uint32_t g;
+            int gwt, r2;
+            while ((r2 = read_tag(&q, qend, &g, &gwt)) == 0) {
+                if (g == 1 && gwt == 2) {
+                    if (read_len(&q, qend, &sval) < 0) return -1;
+                    vt = V_STR;
+                } else if ((g == 2 || g == 3) && gwt == 0) {
+                    if (read_varint(&q, qend, &u) < 0) return -1;
+                    vt = g == 2 ? V_BOOL : V_INT;
+                } else if (g == 4 && gwt == 1) {
+                    if (read_fixed64(&q, qend, &u) < 0) return -1;
+                    vt = V_DOUBLE;
+                } else if (g >= 5 && g <= 7 && gwt == 2) {
+                    return 0;
+                } else if (skip_field(&q, qend, g, gwt, 0) < 0) {
+                    return -1;
+                }
+            }
+            if (r2 < 0) return -1;
+        } else if (skip_field(&p, end, f, wt, 0) < 0) {
+            return -1;
+        }
+    }
+    if (r < 0) return -1;
+    if (!utf8_ok(key.p, key.n) || (vt == V_STR && !utf8_ok(sval.p, sval.n)))
+        return bad("an attribute key or value is not valid UTF-8");
+    Py_ssize_t idx = -1;
+    for (Py_ssize_t i = 0; i < w->n_pv; i++) {
+        if (w->prom_len[i] == key.n && memcmp(w->prom_key[i], key.p, (size_t)key.n) == 0) {
+            idx = i;
+            break;
+        }
+    }
+    PyObject *val = NULL;
+    if (idx >= 0 && vt != V_NONE) {
+        if (w->prom_kind[idx] == 's' && vt == V_STR) val = PyUnicode_DecodeUTF8((const char *)sval.p, sval.n, NULL);
+        else if (w->prom_kind[idx] == 'i' && vt == V_INT) val = PyLong_FromLongLong((long long)(int64_t)u);
+        else return 0;
+        if (!val) return -1;
+    }
+    if (json_str(out, key.p, key.n) < 0 || buf_put(out, ":", 1) < 0) goto fail;
+    int rc;
+    char num[32];
+    double d;
+    switch (vt) {
+    case V_STR: rc = json_str(out, sval.p, sval.n); break;
+    case V_BOOL: rc = u ? buf_put(out, "true", 4) : buf_put(out, "false", 5); break;
+    case V_INT:
+        rc = buf_put(out, num, (Py_ssize_t)snprintf(num, sizeof(num), "%lld", (long long)(int64_t)u));
+        break;
+    case V_DOUBLE:
+        memcpy(&d, &u, sizeof(d));
+        rc = json_double(out, d);
+        break;
+    default: rc = buf_put(out, "null", 4);
+    }
+    if (rc < 0) goto fail;
+    if (val) Py_XSETREF(pv[idx], val);
+    return 1;
+fail:
+    Py_XDECREF(val);
+    return -1;
+}
+
 
 static PyObject *S_SPAN, *S_SPAN_EVENT, *S_EMPTY, *S_EMPTY_OBJ, *S_EMPTY_LIST, *S_UNSPECIFIED, *S_UNSET;
 static PyObject *KINDS[6], *STATUSES[3];
@@ -410,13 +729,6 @@ static int check_strings(Walk *w, SpanView *v) {
     return 0;
 }
 
-static int append_col(Walk *w, Py_ssize_t i, PyObject *o /* stolen */) {
-    if (!o) return -1;
-    int rc = PyList_Append(PyList_GET_ITEM(w->cols, i), o);
-    Py_DECREF(o);
-    return rc;
-}
-
 static int reject(Walk *w, Slice name, const char *what) {
     PyObject *n = decode_str(name);
     if (!n) return -1;
@@ -428,9 +740,18 @@ static int reject(Walk *w, Slice name, const char *what) {
     return 0;
 }
 
-/* One event: appends its JSON to w->json and, for an evaluation result, its row. */
-static int walk_event(Walk *w, Slice ev, SpanView *v, PyObject *trace_id, PyObject *span_id, PyObject **pv,
+/* The span's hex ids as str (made once, when an evaluation row needs them). */
+static int span_ids(SpanView *v, PyObject **trace_id, PyObject **span_id) {
+    if (!*trace_id && !(*trace_id = hex_str(v->tid))) return -1;
+    if (!*span_id && !(*span_id = hex_str(v->sid))) return -1;
+    return 0;
+}
+
+/* One event: appends its JSON to the Events column's open row and, for an evaluation result,
+ * its row to eval_rows. */
+static int walk_event(Walk *w, Slice ev, SpanView *v, PyObject **trace_id, PyObject **span_id, PyObject **pv,
                       PyObject *service) {
+    Buf *out = &w->cols[11].data;
     const uint8_t *p = ev.p, *end = ev.p + ev.n;
     uint32_t f;
     int wt, r;
@@ -482,19 +803,20 @@ static int walk_event(Walk *w, Slice ev, SpanView *v, PyObject *trace_id, PyObje
     int len = (int)strlen(iso);
     if (rem) len += snprintf(iso + len, sizeof(iso) - (size_t)len, ".%06d", (int)rem);
     iso[len++] = 'Z';
-    if (buf_put(&w->json, "{\"Timestamp\":\"", 14) < 0 || buf_put(&w->json, iso, len) < 0 ||
-        buf_put_str(&w->json, PyTuple_GET_ITEM(ent, 0)) < 0)
+    if (buf_put(out, "{\"Timestamp\":\"", 14) < 0 || buf_put(out, iso, len) < 0 ||
+        buf_put_str(out, PyTuple_GET_ITEM(ent, 0)) < 0)
         goto done;
 
     PyObject *score = PyTuple_GET_ITEM(ent, 1);
     if (score != Py_None) {
+        if (span_ids(v, trace_id, span_id) < 0) goto done;
         uint64_t ts = (et ? et : v->end) / 1000;
         PyObject *row;
         if (score == w->complex_marker) {
             PyObject *attrs = kv_dict(w, &w->eattrs);
             PyObject *pvl = attrs ? pv_list(w, pv) : NULL;
             PyObject *tso = pvl ? PyLong_FromUnsignedLongLong(ts) : NULL;
-            row = tso ? PyObject_CallFunctionObjArgs(w->eval_row_fn, tso, trace_id, span_id, Py_None,
+            row = tso ? PyObject_CallFunctionObjArgs(w->eval_row_fn, tso, *trace_id, *span_id, Py_None,
                                                      S_SPAN_EVENT, attrs, pvl, service, NULL)
                       : NULL;
             Py_XDECREF(attrs);
@@ -506,7 +828,7 @@ static int walk_event(Walk *w, Slice ev, SpanView *v, PyObject *trace_id, PyObje
                 goto done;
             }
             PyObject *tso = PyLong_FromUnsignedLongLong(ts);
-            row = tso ? PyTuple_Pack(18, tso, trace_id, span_id, Py_None, S_SPAN_EVENT,
+            row = tso ? PyTuple_Pack(18, tso, *trace_id, *span_id, Py_None, S_SPAN_EVENT,
                                      PyTuple_GET_ITEM(score, 0), PyTuple_GET_ITEM(score, 1),
                                      PyTuple_GET_ITEM(score, 2), PyTuple_GET_ITEM(score, 3), pvv(pv, 10),
                                      pvv(pv, 0), pvv(pv, 1), pvv(pv, 3), pvv(pv, 4), pvv(pv, 5), pvv(pv, 7),
@@ -590,111 +912,86 @@ static int walk_span(Walk *w, Slice s, PyObject *service) {
 
     int rc = -1;
     PyObject *pv[64] = {0};
-    PyObject *trace_id = hex_str(v.tid), *span_id = trace_id ? hex_str(v.sid) : NULL;
-    PyObject *parent = NULL, *raws = NULL;
-    if (!span_id) goto done;
-    if (v.psid.n && !all_zero(v.psid)) {
-        parent = hex_str(v.psid);
-        if (!parent) goto done;
-    } else {
-        parent = Py_NewRef(S_EMPTY);
-    }
+    PyObject *trace_id = NULL, *span_id = NULL, *raws = NULL;
+    Column *c = w->cols;
+    int has_parent = v.psid.n && !all_zero(v.psid);
+    uint64_t start_us = v.start / 1000;
+    if (col_i64(&c[0], (int64_t)start_us) < 0 || col_hex(&c[1], v.tid) < 0 || col_hex(&c[2], v.sid) < 0 ||
+        (has_parent ? col_hex(&c[3], v.psid) : col_str(&c[3], "", 0)) < 0 || col_utf8(&c[4], v.trace_state) < 0 ||
+        col_utf8(&c[5], v.name) < 0)
+        goto done;
+    PyObject *kind = (v.kind >= 0 && v.kind < 6) ? KINDS[v.kind] : S_UNSPECIFIED;
+    if (col_grow(&c[6]) < 0 || buf_put_str(&c[6].data, kind) < 0 || col_end(&c[6]) < 0) goto done;
 
     /* attributes: JSON from cached fragments, promoted values */
-    w->json.n = 0;
-    if (buf_put(&w->json, "{", 1) < 0) goto done;
+    Column *ac = &c[7];
+    if (col_grow(ac) < 0 || buf_put(&ac->data, "{", 1) < 0) goto done;
     raws = PyList_New(w->attrs.n);
     if (!raws) goto done;
     for (Py_ssize_t i = 0; i < w->attrs.n; i++) {
+        if (i && buf_put(&ac->data, ",", 1) < 0) goto done;
+        Py_ssize_t mark = ac->data.n;
+        int done_here = kv_scalar(w, w->attrs.v[i], &ac->data, pv);
+        if (done_here < 0) goto done;
+        if (done_here) continue;
+        ac->data.n = mark; /* the Python cache converts this one */
         PyObject *raw = PyBytes_FromStringAndSize((const char *)w->attrs.v[i].p, w->attrs.v[i].n);
         if (!raw) goto done;
         PyList_SET_ITEM(raws, i, raw);
         PyObject *f = frag_of(w, raw, pv);
         if (!f) goto done;
-        int e = (i && buf_put(&w->json, ",", 1) < 0) || buf_put_str(&w->json, f) < 0;
+        int e = buf_put_str(&ac->data, f) < 0;
         Py_DECREF(f);
         if (e) goto done;
     }
-    if (buf_put(&w->json, "}", 1) < 0) goto done;
-    PyObject *attrs_json = buf_str(&w->json);
-    if (!attrs_json) goto done;
-
-    uint64_t start_us = v.start / 1000;
-    PyObject *events_json;
-    if (w->events_v.n) {
-        w->json.n = 0;
-        if (buf_put(&w->json, "[", 1) < 0) {
-            Py_DECREF(attrs_json);
-            goto done;
-        }
-        for (Py_ssize_t i = 0; i < w->events_v.n; i++) {
-            if ((i && buf_put(&w->json, ",", 1) < 0) ||
-                walk_event(w, w->events_v.v[i], &v, trace_id, span_id, pv, service) < 0) {
-                Py_DECREF(attrs_json);
-                goto done;
-            }
-        }
-        if (buf_put(&w->json, "]", 1) < 0) {
-            Py_DECREF(attrs_json);
-            goto done;
-        }
-        events_json = buf_str(&w->json);
-    } else {
-        events_json = Py_NewRef(S_EMPTY_LIST);
-    }
-    if (!events_json) {
-        Py_DECREF(attrs_json);
-        goto done;
-    }
-    PyObject *links_json;
-    if (w->links.n) {
-        PyObject *lr = PyList_New(w->links.n);
-        links_json = NULL;
-        if (lr) {
-            int ok = 1;
-            for (Py_ssize_t i = 0; i < w->links.n && ok; i++) {
-                PyObject *b = PyBytes_FromStringAndSize((const char *)w->links.v[i].p, w->links.v[i].n);
-                if (!b) ok = 0;
-                else PyList_SET_ITEM(lr, i, b);
-            }
-            if (ok) links_json = PyObject_CallOneArg(w->links_fn, lr);
-            Py_DECREF(lr);
-        }
-    } else {
-        links_json = Py_NewRef(S_EMPTY_LIST);
-    }
-    if (!links_json) {
-        Py_DECREF(attrs_json);
-        Py_DECREF(events_json);
-        goto done;
-    }
-
-    PyObject *kind = (v.kind >= 0 && v.kind < 6) ? KINDS[v.kind] : S_UNSPECIFIED;
+    if (buf_put(&ac->data, "}", 1) < 0 || col_end(ac) < 0) goto done;
+    if (col_i64(&c[8], v.end >= v.start ? (int64_t)(v.end - v.start) : 0) < 0) goto done;
     PyObject *status = (v.status_code >= 0 && v.status_code < 3) ? STATUSES[v.status_code] : S_UNSET;
-    if (append_col(w, 0, PyLong_FromUnsignedLongLong(start_us)) < 0 ||
-        append_col(w, 1, Py_NewRef(trace_id)) < 0 || append_col(w, 2, Py_NewRef(span_id)) < 0 ||
-        append_col(w, 3, Py_NewRef(parent)) < 0 || append_col(w, 4, decode_str(v.trace_state)) < 0 ||
-        append_col(w, 5, decode_str(v.name)) < 0 || append_col(w, 6, Py_NewRef(kind)) < 0 ||
-        append_col(w, 7, attrs_json) < 0 ||
-        append_col(w, 8, PyLong_FromUnsignedLongLong(v.end >= v.start ? v.end - v.start : 0)) < 0 ||
-        append_col(w, 9, Py_NewRef(status)) < 0 || append_col(w, 10, decode_str(v.status_msg)) < 0 ||
-        append_col(w, 11, events_json) < 0 || append_col(w, 12, links_json) < 0)
-        goto done; /* append_col consumed each reference, appended or not */
+    if (col_grow(&c[9]) < 0 || buf_put_str(&c[9].data, status) < 0 || col_end(&c[9]) < 0 ||
+        col_utf8(&c[10], v.status_msg) < 0)
+        goto done;
+
+    Column *ec = &c[11];
+    if (col_grow(ec) < 0 || buf_put(&ec->data, "[", 1) < 0) goto done;
+    for (Py_ssize_t i = 0; i < w->events_v.n; i++) {
+        if ((i && buf_put(&ec->data, ",", 1) < 0) ||
+            walk_event(w, w->events_v.v[i], &v, &trace_id, &span_id, pv, service) < 0)
+            goto done;
+    }
+    if (buf_put(&ec->data, "]", 1) < 0 || col_end(ec) < 0) goto done;
+
+    if (w->links.n) {
+        PyObject *lr = PyList_New(w->links.n), *lj = NULL;
+        int ok = lr != NULL;
+        for (Py_ssize_t i = 0; ok && i < w->links.n; i++) {
+            PyObject *b = PyBytes_FromStringAndSize((const char *)w->links.v[i].p, w->links.v[i].n);
+            if (!b) ok = 0;
+            else PyList_SET_ITEM(lr, i, b);
+        }
+        if (ok) lj = PyObject_CallOneArg(w->links_fn, lr);
+        Py_XDECREF(lr);
+        ok = lj && col_grow(&c[12]) == 0 && buf_put_str(&c[12].data, lj) == 0 && col_end(&c[12]) == 0;
+        Py_XDECREF(lj);
+        if (!ok) goto done;
+    } else if (col_str(&c[12], "[]", 2) < 0) {
+        goto done;
+    }
     for (Py_ssize_t i = 0; i < w->n_out_pv; i++)
-        if (append_col(w, N_ROW + i, Py_NewRef(pvv(pv, i))) < 0) goto done;
+        if (col_obj(&c[N_ROW + i], pv[i]) < 0) goto done;
     w->n_rows++;
 
     if (pv[w->eval_name_idx] && pv[w->eval_name_idx] != Py_None) { /* child-span evaluation */
-        SliceVec *av = &w->attrs;
-        PyObject *attrs = kv_dict(w, av);
+        if (span_ids(&v, &trace_id, &span_id) < 0) goto done;
+        PyObject *parent = has_parent ? hex_str(v.psid) : Py_NewRef(Py_None);
+        PyObject *attrs = parent ? kv_dict(w, &w->attrs) : NULL;
         PyObject *pvl = attrs ? pv_list(w, pv) : NULL;
         PyObject *ts = pvl ? PyLong_FromUnsignedLongLong(start_us) : NULL;
-        PyObject *scored = PyUnicode_GET_LENGTH(parent) ? parent : Py_None;
-        PyObject *pair = ts ? Py_BuildValue("(nO)", PyList_GET_SIZE(w->eval_rows), scored) : NULL;
-        PyObject *row = pair ? PyObject_CallFunctionObjArgs(w->eval_row_fn, ts, trace_id, scored, span_id,
+        PyObject *pair = ts ? Py_BuildValue("(nO)", PyList_GET_SIZE(w->eval_rows), parent) : NULL;
+        PyObject *row = pair ? PyObject_CallFunctionObjArgs(w->eval_row_fn, ts, trace_id, parent, span_id,
                                                             S_SPAN, attrs, pvl, service, NULL)
                              : NULL;
         int e = !row || PyList_Append(w->eval_spans, pair) < 0 || PyList_Append(w->eval_rows, row) < 0;
+        Py_XDECREF(parent);
         Py_XDECREF(attrs);
         Py_XDECREF(pvl);
         Py_XDECREF(ts);
@@ -708,10 +1005,10 @@ done:
     for (Py_ssize_t i = 0; i < w->n_pv; i++) Py_XDECREF(pv[i]);
     Py_XDECREF(trace_id);
     Py_XDECREF(span_id);
-    Py_XDECREF(parent);
     Py_XDECREF(raws);
     return rc;
 }
+
 
 static int parse_scope(Slice s, Slice *name, Slice *version) {
     const uint8_t *p = s.p, *end = s.p + s.n;
@@ -728,36 +1025,61 @@ static int parse_scope(Slice s, Slice *name, Slice *version) {
 }
 
 /* walk(body, frag, prom, kv, miss, events, event_fn, resource_fn, links_fn, eval_row_fn, note_fn,
- *      adapters, complex_marker, n_pv, n_out_pv, eval_name_idx)
+ *      adapters, complex_marker, n_pv, n_out_pv, eval_name_idx, kinds, promoted_keys, promoted_kinds)
  * -> (columns, groups, eval_rows, eval_spans, rejected, bad_reason)
+ * kinds: b"s" (string) or b"i" (int64) per span column (N_ROW + n_out_pv);
+ * promoted_keys / promoted_kinds: the n_pv promoted attribute keys and b"s"/b"i" for each;
+ * columns: (kind, n, data, offsets, validity, null count) per span column, Arrow layout;
  * groups: (service, resource_json, scope_name, scope_version, n_rows) per scope with rows. */
 static PyObject *walk(PyObject *Py_UNUSED(self), PyObject *args) {
     Py_buffer body;
     PyObject *resource_fn;
+    const char *kinds;
+    Py_ssize_t n_kinds;
     Walk w;
     memset(&w, 0, sizeof(w));
-    if (!PyArg_ParseTuple(args, "y*OOOOOOOOOOOOnnn", &body, &w.frag, &w.prom, &w.kv, &w.miss, &w.events,
+    PyObject *prom_keys;
+    Py_ssize_t n_prom_kinds;
+    if (!PyArg_ParseTuple(args, "y*OOOOOOOOOOOOnnny#O!y#", &body, &w.frag, &w.prom, &w.kv, &w.miss, &w.events,
                           &w.event_fn, &resource_fn, &w.links_fn, &w.eval_row_fn, &w.note_fn, &w.adapters,
-                          &w.complex_marker, &w.n_pv, &w.n_out_pv, &w.eval_name_idx))
+                          &w.complex_marker, &w.n_pv, &w.n_out_pv, &w.eval_name_idx, &kinds, &n_kinds,
+                          &PyTuple_Type, &prom_keys, &w.prom_kind, &n_prom_kinds))
         return NULL;
-    PyObject *result = NULL, *groups = NULL;
-    if (w.n_pv > 64 || w.n_out_pv > w.n_pv || w.eval_name_idx >= w.n_pv || w.n_pv < 19 ||
-        !PyDict_Check(w.frag) || !PyDict_Check(w.prom) || !PyDict_Check(w.kv) || !PyDict_Check(w.events) ||
-        !PyDict_Check(w.adapters)) {
+    if (w.n_pv > 64 || PyTuple_GET_SIZE(prom_keys) != w.n_pv || n_prom_kinds != w.n_pv) {
+        PyBuffer_Release(&body);
+        PyErr_SetString(PyExc_TypeError, "walk(): bad promoted keys");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < w.n_pv; i++) {
+        PyObject *k = PyTuple_GET_ITEM(prom_keys, i);
+        w.prom_key[i] = PyUnicode_Check(k) ? PyUnicode_AsUTF8AndSize(k, &w.prom_len[i]) : NULL;
+        if (!w.prom_key[i] || (w.prom_kind[i] != 's' && w.prom_kind[i] != 'i')) {
+            PyBuffer_Release(&body);
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "walk(): bad promoted keys");
+            return NULL;
+        }
+    }
+    PyObject *result = NULL, *groups = NULL, *cols = NULL;
+    Py_ssize_t n_cols = N_ROW + w.n_out_pv;
+    if (w.n_pv > 64 || w.n_out_pv < 0 || w.n_out_pv > w.n_pv || w.eval_name_idx < 0 ||
+        w.eval_name_idx >= w.n_pv || w.n_pv < 19 || n_kinds != n_cols || !PyDict_Check(w.frag) ||
+        !PyDict_Check(w.prom) || !PyDict_Check(w.kv) || !PyDict_Check(w.events) || !PyDict_Check(w.adapters)) {
         PyErr_SetString(PyExc_TypeError, "walk(): bad arguments");
         goto out;
     }
-    w.cols = PyList_New(N_ROW + w.n_out_pv);
+    static const char row_kinds[N_ROW + 1] = "isssssssissss";
+    for (Py_ssize_t i = 0; i < n_cols; i++) {
+        if ((kinds[i] != 's' && kinds[i] != 'i') || (i < N_ROW && kinds[i] != row_kinds[i])) {
+            PyErr_SetString(PyExc_TypeError, "walk(): bad column kinds");
+            goto out;
+        }
+        w.cols[i].kind = kinds[i] == 's' ? COL_STR : COL_I64;
+    }
     w.eval_rows = PyList_New(0);
     w.eval_spans = PyList_New(0);
     w.seen = PyDict_New();
     groups = PyList_New(0);
-    if (!w.cols || !w.eval_rows || !w.eval_spans || !w.seen || !groups) goto out;
-    for (Py_ssize_t i = 0; i < N_ROW + w.n_out_pv; i++) {
-        PyObject *l = PyList_New(0);
-        if (!l) goto out;
-        PyList_SET_ITEM(w.cols, i, l);
-    }
+    if (!w.eval_rows || !w.eval_spans || !w.seen || !groups) goto out;
     w.bad_reason = Py_NewRef(S_EMPTY);
 
     const uint8_t *p = body.buf, *end = p + body.len;
@@ -864,10 +1186,18 @@ static PyObject *walk(PyObject *Py_UNUSED(self), PyObject *args) {
         if (failed || r2 < 0) goto out;
     }
     if (r < 0) goto out;
-    result = Py_BuildValue("(OOOOnO)", w.cols, groups, w.eval_rows, w.eval_spans, w.rejected, w.bad_reason);
+    cols = PyList_New(n_cols);
+    if (!cols) goto out;
+    for (Py_ssize_t i = 0; i < n_cols; i++) {
+        PyObject *col = col_take(&w.cols[i]);
+        if (!col) goto out;
+        PyList_SET_ITEM(cols, i, col);
+    }
+    result = Py_BuildValue("(OOOOnO)", cols, groups, w.eval_rows, w.eval_spans, w.rejected, w.bad_reason);
 out:
     PyBuffer_Release(&body);
-    Py_XDECREF(w.cols);
+    for (Py_ssize_t i = 0; i < N_ROW + 64; i++) col_free(&w.cols[i]);
+    Py_XDECREF(cols);
     Py_XDECREF(w.eval_rows);
     Py_XDECREF(w.eval_spans);
     Py_XDECREF(w.seen);
@@ -877,7 +1207,6 @@ out:
     PyMem_Free(w.events_v.v);
     PyMem_Free(w.links.v);
     PyMem_Free(w.eattrs.v);
-    PyMem_Free(w.json.b);
     return result;
 }
 

@@ -199,6 +199,8 @@ def _arrow_type(kind: str) -> Any:
 
 
 def _arrow_column(col: Any, typ: Any, n: int) -> Any:
+    if isinstance(col, pa.Array):
+        return col
     if isinstance(col, _Runs):
         parts = [pa.repeat(pa.scalar(v, type=typ), c) for v, c in col.runs]
         return parts[0] if len(parts) == 1 else pa.concat_arrays(parts)
@@ -258,14 +260,14 @@ def _num(value: Any) -> float | None:
 
 
 def _int(value: Any) -> int | None:
+    """An integer column's value: None when absent, not a number or outside BIGINT."""
     if value is None:
         return None
-    if isinstance(value, int):
-        return value
     try:
-        return int(value)
-    except (TypeError, ValueError):
+        out = int(value)
+    except (TypeError, ValueError, OverflowError):
         return None
+    return out if -(2**63) <= out < 2**63 else None
 
 
 def _str(value: Any) -> str | None:
@@ -515,6 +517,33 @@ _SPAN_RUN_COLUMNS = ("ServiceName", "ResourceAttributes", "ScopeName", "ScopeVer
 
 
 _WALK: Any = False  # the C walk once imported; None when the extension is not built
+# The span columns the walks return (row columns, then the promoted ones) and their kinds.
+_WALK_COLUMNS = (*_SPAN_ROW_COLUMNS, *SPAN_COLUMNS[SPAN_COLUMNS.index("adapter_hash") :])
+_WALK_KINDS = b"".join(
+    b"i" if COLUMN_KINDS[semconv.TABLE_SPANS].get(c) in ("ts", "int") else b"s" for c in _WALK_COLUMNS
+)
+_WALK_TYPES: list[Any] = []
+_PROMOTED_KEYS = tuple(_PROMOTED_INDEX)  # in index order
+_PROMOTED_KINDS = b"".join(b"i" if k in _INT_PROMOTED else b"s" for k in _PROMOTED_KEYS)
+
+
+def _walk_types() -> list[Any]:
+    if not _WALK_TYPES:
+        kinds = COLUMN_KINDS[semconv.TABLE_SPANS]
+        _WALK_TYPES.extend(_arrow_type(kinds.get(c, "text")) for c in _WALK_COLUMNS)
+    return _WALK_TYPES
+
+
+def _from_buffers(spec: tuple, typ: Any) -> Any:
+    """An Arrow array over the buffers the C walk built (no copy)."""
+    kind, n, data, offsets, validity, nulls = spec
+    storage = typ.storage_type if isinstance(typ, pa.BaseExtensionType) else typ
+    bufs = [None if validity is None else pa.py_buffer(validity)]
+    if offsets is not None:
+        bufs.append(pa.py_buffer(offsets))
+    bufs.append(pa.py_buffer(data))
+    arr = pa.Array.from_buffers(storage, n, bufs, null_count=nulls)
+    return pa.ExtensionArray.from_storage(typ, arr) if storage is not typ else arr
 
 
 def _native_walk() -> Any:
@@ -576,7 +605,7 @@ class TraceConverter:
         ``native`` picks the walk: the C extension (default when it is built) or the Python one.
         Both produce the same batch."""
         batch = batch or Batch()
-        walk = _native_walk() if native is None or native else None
+        walk = _native_walk() if (native is None and pa is not None) or native else None
         if native and walk is None:
             raise RuntimeError("the C extension trace_ptune.collector._otlpwalk is not built")
         if walk is None:
@@ -586,10 +615,11 @@ class TraceConverter:
             cols, groups, eval_rows, eval_spans, rejected, bad_reason = walk(
                 body, cache.frag, cache.prom, cache.kv, cache.miss, self._events, self._event,
                 self._resource, _links_json, _eval_row, _note_adapter, batch.adapters, _COMPLEX,
-                _N_PV, len(_PROMOTED), _EVAL_NAME_INDEX,
+                _N_PV, len(_PROMOTED), _EVAL_NAME_INDEX, _WALK_KINDS, _PROMOTED_KEYS, _PROMOTED_KINDS,
             )  # fmt: skip
         except ValueError as exc:  # the wire format (callbacks raise MalformedPayload themselves)
             raise MalformedPayload(f"the body is not a valid OTLP spans protobuf message: {exc}") from None
+        cols = [_from_buffers(spec, typ) for spec, typ in zip(cols, _walk_types(), strict=True)]
         runs = [_Runs() for _ in _SPAN_RUN_COLUMNS]
         for group in groups:
             for col, value in zip(runs, group[:4], strict=True):
@@ -745,9 +775,11 @@ class TraceConverter:
         bad_reason: str,
     ) -> Batch:
         n = len(cols[0]) if cols else 0
-        if eval_spans:
+        if eval_spans and n:
             # Child-span encoding: the scored span is the parent; fill from it when it is in this batch.
-            pos = {span_id: j for j, span_id in enumerate(cols[2])} if n else {}
+            if pa is not None and isinstance(cols[2], pa.Array):
+                cols = [c.to_pylist() for c in cols]  # rare: evaluations sent as child spans
+            pos = {span_id: j for j, span_id in enumerate(cols[2])}
             for idx, parent in eval_spans:
                 j = pos.get(parent) if parent else None
                 if j is not None:
