@@ -104,7 +104,10 @@ def _time_workers(worker, connections: int, retries: list[int]) -> None:
 def sender_main(args: argparse.Namespace) -> None:
     """Post pre-encoded batches over N keep-alive connections; print JSON timing."""
     host, port = args.target.split(":")
-    bodies = [make_batch(1000 * args.seed + i) for i in range(args.distinct)]
+    # Every batch distinct by default (unique response ids and token counts, as in production);
+    # --distinct N cycles N batches instead.
+    distinct = args.distinct or args.batches
+    bodies = [make_batch(100_000 * args.seed + i) for i in range(distinct)]
     todo = list(range(args.batches))
     lock = threading.Lock()
     retries = [0]
@@ -283,25 +286,27 @@ def wait_side_file(db: Path, proc: subprocess.Popen) -> dict:
     raise SystemExit("collector did not start")
 
 
-def run_sender(target: str, batches: int, mode: str) -> dict:
+def run_sender(target: str, batches: int, mode: str, seed: int = 0) -> dict:
     cmd = [sys.executable, __file__, f"--{mode}", "--target", target, "--batches", str(batches)]
+    cmd += ["--seed", str(seed), "--distinct", str(DISTINCT)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def bench_collector(tmp: Path, batches: int, workers: int, mode: str) -> dict:
-    db = tmp / f"collector-{mode}-{workers}.duckdb"
+def bench_collector(tmp: Path, batches: int, workers: int, mode: str, walk: str = "native") -> dict:
+    db = tmp / f"collector-{mode}-{workers}-{walk}.duckdb"
+    env = dict(os.environ, TRACE_PTUNE_COLLECTOR_WALK=walk)
     proc = subprocess.Popen(
         [sys.executable, "-m", "trace_ptune.cli.main", "collector", "run", "--db", str(db),
          "--http", "127.0.0.1:0", "--grpc", "off", "--quiet", "--workers", str(workers)],
-        stderr=subprocess.PIPE,
+        stderr=subprocess.PIPE, env=env,
     )  # fmt: skip
     info = wait_side_file(db, proc)
     url = info["urls"]["http"]
     target = url.removeprefix("http://")
     time.sleep(2.0 if workers else 0.2)  # let worker processes finish importing
     # warm-up (attribute caches, worker start-up), not counted
-    run_sender(target, 4, mode)
+    run_sender(target, 4, mode, seed=1)
     from trace_ptune.collector.client import CollectorClient
 
     client = CollectorClient(url)
@@ -317,7 +322,7 @@ def bench_collector(tmp: Path, batches: int, workers: int, mode: str) -> dict:
     n = batches * 512
     assert stored == n, (stored, n)
     return {
-        "receiver": f"trace-ptune collector (workers={workers})",
+        "receiver": f"trace-ptune collector ({walk} walk, workers={workers})",
         "sender": mode,
         "spans": n,
         "seconds": round(res["seconds"], 2),
@@ -413,6 +418,9 @@ def bench_query(tmp: Path, n: int) -> dict:
     }
 
 
+DISTINCT = 0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sender", action="store_true")
@@ -421,7 +429,8 @@ def main() -> None:
     ap.add_argument("--target")
     ap.add_argument("--db")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--distinct", type=int, default=16)
+    ap.add_argument("--distinct", type=int, default=0, help="cycle N pre-encoded batches (0: all distinct)")
+    ap.add_argument("--walk", default="native,python", help="collector conversion walks to measure")
     ap.add_argument("--connections", type=int, default=4)
     ap.add_argument("--batches", type=int, default=200)
     ap.add_argument("--exporter-batches", type=int, default=60)
@@ -429,6 +438,8 @@ def main() -> None:
     ap.add_argument("--workers", default="0,2")
     ap.add_argument("--skip-query", action="store_true")
     args = ap.parse_args()
+    global DISTINCT
+    DISTINCT = args.distinct
     if args.sender:
         return sender_main(args)
     if args.exporter_sender:
@@ -440,9 +451,10 @@ def main() -> None:
         tmp = Path(d)
         results.append(bench_anchor(tmp, args.batches))
         print(json.dumps(results[-1]), flush=True)
-        for w in [int(x) for x in args.workers.split(",")]:
-            results.append(bench_collector(tmp, args.batches, w, "sender"))
-            print(json.dumps(results[-1]), flush=True)
+        for walk in args.walk.split(","):
+            for w in [int(x) for x in args.workers.split(",")]:
+                results.append(bench_collector(tmp, args.batches, w, "sender", walk))
+                print(json.dumps(results[-1]), flush=True)
         results.append(bench_collector(tmp, args.exporter_batches, 0, "exporter-sender"))
         print(json.dumps(results[-1]), flush=True)
         if not args.skip_query:

@@ -52,6 +52,11 @@ static int bad(const char *what) {
 
 static int read_varint(const uint8_t **pp, const uint8_t *end, uint64_t *out) {
     const uint8_t *p = *pp;
+    if (p < end && !(*p & 0x80)) { /* one byte: tags, lengths and small values */
+        *out = *p;
+        *pp = p + 1;
+        return 0;
+    }
     uint64_t v = 0;
     for (int shift = 0; shift < 70; shift += 7) {
         if (p >= end) return bad("truncated varint");
@@ -168,20 +173,25 @@ typedef struct {
     Py_ssize_t n, cap;
 } Buf;
 
-static int buf_put(Buf *buf, const char *s, Py_ssize_t n) {
-    if (buf->n + n > buf->cap) {
-        Py_ssize_t cap = buf->cap ? buf->cap : 1024;
-        while (cap < buf->n + n) cap *= 2;
-        char *b = PyMem_Realloc(buf->b, (size_t)cap);
-        if (!b) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        buf->b = b;
-        buf->cap = cap;
-    }
+static int buf_grow(Buf *buf, Py_ssize_t n);
+
+static inline int buf_put(Buf *buf, const char *s, Py_ssize_t n) {
+    if (buf->n + n > buf->cap && buf_grow(buf, n) < 0) return -1;
     memcpy(buf->b + buf->n, s, (size_t)n);
     buf->n += n;
+    return 0;
+}
+
+static int buf_grow(Buf *buf, Py_ssize_t n) {
+    Py_ssize_t cap = buf->cap ? buf->cap : 1024;
+    while (cap < buf->n + n) cap *= 2;
+    char *b = PyMem_Realloc(buf->b, (size_t)cap);
+    if (!b) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    buf->b = b;
+    buf->cap = cap;
     return 0;
 }
 
@@ -336,6 +346,12 @@ static void col_free(Column *c) {
 /* Strict UTF-8 (no overlongs, surrogates or code points past U+10FFFF), as protobuf requires. */
 static int utf8_ok(const uint8_t *s, Py_ssize_t n) {
     Py_ssize_t i = 0;
+    while (i + 8 <= n) { /* ASCII, 8 bytes at a time */
+        uint64_t x;
+        memcpy(&x, s + i, 8);
+        if (x & 0x8080808080808080ULL) break;
+        i += 8;
+    }
     while (i < n) {
         uint8_t c = s[i];
         if (c < 0x80) {
@@ -385,6 +401,11 @@ static int col_hex(Column *c, Slice s) {
     return col_str(c, tmp, s.n * 2);
 }
 
+static void two(char *out, int v) {
+    out[0] = (char)('0' + v / 10);
+    out[1] = (char)('0' + v % 10);
+}
+
 /* Seconds since the epoch as "YYYY-MM-DDTHH:MM:SS" (proleptic Gregorian, UTC). */
 static int iso_seconds(uint64_t sec, char *out /* 32 bytes */) {
     uint64_t days = sec / 86400, rem = sec % 86400;
@@ -400,8 +421,19 @@ static int iso_seconds(uint64_t sec, char *out /* 32 bytes */) {
     int64_t m = mp < 10 ? mp + 3 : mp - 9;
     if (m <= 2) y++;
     if (y > 9999) return bad("event timestamp is past year 9999");
-    snprintf(out, 32, "%04d-%02d-%02dT%02d:%02d:%02d", (int)y, (int)m, (int)d, (int)(rem / 3600),
-             (int)(rem / 60 % 60), (int)(rem % 60));
+    two(out, (int)(y / 100));
+    two(out + 2, (int)(y % 100));
+    out[4] = '-';
+    two(out + 5, (int)m);
+    out[7] = '-';
+    two(out + 8, (int)d);
+    out[10] = 'T';
+    two(out + 11, (int)(rem / 3600));
+    out[13] = ':';
+    two(out + 14, (int)(rem / 60 % 60));
+    out[16] = ':';
+    two(out + 17, (int)(rem % 60));
+    out[19] = 0;
     return 0;
 }
 
@@ -410,9 +442,18 @@ static int iso_seconds(uint64_t sec, char *out /* 32 bytes */) {
 /* A JSON string as Python's json module writes it with ensure_ascii=False. */
 static int json_str(Buf *b, const uint8_t *s, Py_ssize_t n) {
     static const char hex[] = "0123456789abcdef";
-    Py_ssize_t start = 0;
+    Py_ssize_t start = 0, i = 0;
     if (buf_put(b, "\"", 1) < 0) return -1;
-    for (Py_ssize_t i = 0; i < n; i++) {
+    while (i + 8 <= n) { /* skip 8 plain bytes at a time (no control byte, quote or backslash) */
+        uint64_t x;
+        memcpy(&x, s + i, 8);
+        const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+        uint64_t q = x ^ (ones * '"'), bs = x ^ (ones * '\\');
+        uint64_t special = ((x - ones * 0x20) & ~x) | ((q - ones) & ~q) | ((bs - ones) & ~bs);
+        if (special & highs) break;
+        i += 8;
+    }
+    for (; i < n; i++) {
         uint8_t c = s[i];
         if (c >= 0x20 && c != '"' && c != '\\') continue;
         char esc[6] = {'\\', 0, 0, 0, 0, 0};
@@ -440,6 +481,20 @@ static int json_str(Buf *b, const uint8_t *s, Py_ssize_t n) {
     return buf_put(b, "\"", 1);
 }
 
+/* Decimal digits of v (as Python's int.__repr__), written to out (at least 21 bytes); the length. */
+static int fmt_i64(char *out, int64_t v) {
+    char tmp[24];
+    int n = 0, len = 0;
+    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    do {
+        tmp[n++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0) out[len++] = '-';
+    while (n) out[len++] = tmp[--n];
+    return len;
+}
+
 /* A float as Python's json module writes it (repr; NaN, Infinity, -Infinity). */
 static int json_double(Buf *b, double d) {
     if (d != d) return buf_put(b, "NaN", 3);
@@ -464,6 +519,9 @@ typedef struct {
     const char *prom_key[64]; /* promoted attribute keys (UTF-8) */
     Py_ssize_t prom_len[64];
     const char *prom_kind;    /* 's' or 'i' per promoted key */
+    uint64_t iso_sec;         /* the last event second formatted, and its text */
+    char iso[32];
+    int iso_ok;
     /* output (owned) */
     Column cols[N_ROW + 64]; /* N_ROW + n_out_pv span columns */
     PyObject *eval_rows; /* list of tuples */
@@ -541,9 +599,7 @@ static int kv_scalar(Walk *w, Slice raw, Buf *out, PyObject **pv) {
     switch (vt) {
     case V_STR: rc = json_str(out, sval.p, sval.n); break;
     case V_BOOL: rc = u ? buf_put(out, "true", 4) : buf_put(out, "false", 5); break;
-    case V_INT:
-        rc = buf_put(out, num, (Py_ssize_t)snprintf(num, sizeof(num), "%lld", (long long)(int64_t)u));
-        break;
+    case V_INT: rc = buf_put(out, num, fmt_i64(num, (int64_t)u)); break;
     case V_DOUBLE:
         memcpy(&d, &u, sizeof(d));
         rc = json_double(out, d);
@@ -799,9 +855,18 @@ static int walk_event(Walk *w, Slice ev, SpanView *v, PyObject **trace_id, PyObj
     /* {"Timestamp":"<iso>[.ffffff]Z<tail> */
     uint64_t eus = et / 1000, sec = eus / 1000000, rem = eus % 1000000;
     char iso[48];
-    if (iso_seconds(sec, iso) < 0) goto done;
-    int len = (int)strlen(iso);
-    if (rem) len += snprintf(iso + len, sizeof(iso) - (size_t)len, ".%06d", (int)rem);
+    if (sec != w->iso_sec || !w->iso_ok) { /* events of one batch mostly share their second */
+        if (iso_seconds(sec, w->iso) < 0) goto done;
+        w->iso_sec = sec;
+        w->iso_ok = 1;
+    }
+    memcpy(iso, w->iso, 19);
+    int len = 19;
+    if (rem) {
+        iso[len++] = '.';
+        for (int k = 5; k >= 0; k--, rem /= 10) iso[len + k] = (char)('0' + rem % 10);
+        len += 6;
+    }
     iso[len++] = 'Z';
     if (buf_put(out, "{\"Timestamp\":\"", 14) < 0 || buf_put(out, iso, len) < 0 ||
         buf_put_str(out, PyTuple_GET_ITEM(ent, 0)) < 0)

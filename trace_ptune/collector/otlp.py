@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import json
 import operator
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -547,12 +548,15 @@ def _from_buffers(spec: tuple, typ: Any) -> Any:
 
 
 def _native_walk() -> Any:
+    """The C walk, or None when it is not built or ``TRACE_PTUNE_COLLECTOR_WALK=python``."""
     global _WALK
     if _WALK is False:
-        try:
-            from trace_ptune.collector._otlpwalk import walk as _WALK
-        except ImportError:  # no C compiler at install time: the Python walk does the same
-            _WALK = None
+        _WALK = None
+        if os.environ.get("TRACE_PTUNE_COLLECTOR_WALK", "native").strip().lower() != "python":
+            try:
+                from trace_ptune.collector._otlpwalk import walk as _WALK
+            except ImportError:  # no C compiler at install time: the Python walk does the same
+                pass
     return _WALK
 
 
