@@ -22,7 +22,18 @@ pytestmark = pytest.mark.skipif(otlp._native_walk() is None, reason="C extension
 
 A = semconv
 HASHES = ["sha256:" + c * 64 for c in "abc"]
-WORDS = ["acme", "glöbex", "日本", "a\"b\\c", "", "x" * 40, "tab\tnew\nline", "🙂"]
+WORDS = [
+    "acme",
+    "glöbex",
+    "日本",
+    'a"b\\c',
+    "",
+    "x" * 40,
+    "tab\tnew\nline",
+    "🙂",
+    "\x1b\x00\x7f\u2028\b\f\r",
+    "long plain text " * 3,
+]
 
 
 def _value(rng: random.Random, depth: int = 0) -> AnyValue:
@@ -30,9 +41,13 @@ def _value(rng: random.Random, depth: int = 0) -> AnyValue:
     if kind == 0:
         return AnyValue(string_value=rng.choice(WORDS))
     if kind == 1:
-        return AnyValue(int_value=rng.choice([0, -5, 7, 2**62, -(2**63)]))
+        return AnyValue(int_value=rng.choice([0, -5, 7, 10, 2**62, 2**63 - 1, -(2**63)]))
     if kind == 2:
-        return AnyValue(double_value=rng.choice([0.5, -1e300, 3.0, math.inf, math.nan]))
+        return AnyValue(
+            double_value=rng.choice(
+                [0.5, -1e300, 3.0, math.inf, -math.inf, math.nan, -0.0, 0.1, 1e16, 1e-7, 123456.789]
+            )
+        )
     if kind == 3:
         return AnyValue(bool_value=rng.random() < 0.5)
     if kind == 4:
@@ -85,7 +100,9 @@ def _eval_attrs(rng: random.Random, complex_: bool) -> list[KeyValue]:
     if rng.random() < 0.3:
         out.append(KeyValue(key=A.GEN_AI_EVALUATION_SCORE_LABEL, value=AnyValue(string_value="pass")))
     if complex_:
-        out.append(KeyValue(key=rng.choice([A.PTUNE_TENANT, "note", A.GEN_AI_RESPONSE_ID]), value=_value(rng)))
+        out.append(
+            KeyValue(key=rng.choice([A.PTUNE_TENANT, "note", A.GEN_AI_RESPONSE_ID]), value=_value(rng))
+        )
     return out
 
 
@@ -144,7 +161,9 @@ def random_request(rng: random.Random, span_ids: list[bytes]) -> ExportTraceServ
                         e.attributes.extend(_eval_attrs(rng, rng.random() < 0.3))
                     else:
                         e.name = rng.choice(WORDS)
-                        e.attributes.extend(KeyValue(key="k", value=_value(rng)) for _ in range(rng.randrange(2)))
+                        e.attributes.extend(
+                            KeyValue(key="k", value=_value(rng)) for _ in range(rng.randrange(2))
+                        )
                 if rng.random() < 0.1:
                     link = s.links.add()
                     link.trace_id = rng.randbytes(16)

@@ -537,7 +537,7 @@ def _walk_types() -> list[Any]:
 
 def _from_buffers(spec: tuple, typ: Any) -> Any:
     """An Arrow array over the buffers the C walk built (no copy)."""
-    kind, n, data, offsets, validity, nulls = spec
+    _kind, n, data, offsets, validity, nulls = spec
     storage = typ.storage_type if isinstance(typ, pa.BaseExtensionType) else typ
     bufs = [None if validity is None else pa.py_buffer(validity)]
     if offsets is not None:
