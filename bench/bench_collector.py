@@ -38,7 +38,9 @@ TICK = os.sysconf("SC_CLK_TCK")
 # ---------------------------------------------------------------- realistic spans
 
 
-def make_batch(seed: int, n: int = 512) -> bytes:
+def make_batch(seed: int, n: int = 512, spans_per_trace: int = 1) -> bytes:
+    """``n`` generation spans; ``spans_per_trace`` > 1 groups them as the rows of one
+    ``ptune.generate`` call (same trace id and parent span), as the runtime emits them."""
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
     from tests.collector.otlp_data import kv
@@ -53,7 +55,9 @@ def make_batch(seed: int, n: int = 512) -> bytes:
     now = time.time_ns()
     for i in range(n):
         sp = ss.spans.add()
-        sp.trace_id, sp.span_id, sp.parent_span_id = rnd.randbytes(16), rnd.randbytes(8), rnd.randbytes(8)
+        if i % spans_per_trace == 0:
+            trace_id, parent = rnd.randbytes(16), rnd.randbytes(8)
+        sp.trace_id, sp.span_id, sp.parent_span_id = trace_id, rnd.randbytes(8), parent
         sp.name, sp.kind = "text_completion smollm2-135m", 1
         sp.start_time_unix_nano = now + i * 1000
         sp.end_time_unix_nano = sp.start_time_unix_nano + rnd.randrange(20, 400) * 1_000_000
@@ -107,7 +111,9 @@ def sender_main(args: argparse.Namespace) -> None:
     # Every batch distinct by default (unique response ids and token counts, as in production);
     # --distinct N cycles N batches instead.
     distinct = args.distinct or args.batches
-    bodies = [make_batch(100_000 * args.seed + i) for i in range(distinct)]
+    bodies = [
+        make_batch(100_000 * args.seed + i, spans_per_trace=args.spans_per_trace) for i in range(distinct)
+    ]
     todo = list(range(args.batches))
     lock = threading.Lock()
     retries = [0]
@@ -288,7 +294,7 @@ def wait_side_file(db: Path, proc: subprocess.Popen) -> dict:
 
 def run_sender(target: str, batches: int, mode: str, seed: int = 0) -> dict:
     cmd = [sys.executable, __file__, f"--{mode}", "--target", target, "--batches", str(batches)]
-    cmd += ["--seed", str(seed), "--distinct", str(DISTINCT)]
+    cmd += ["--seed", str(seed), "--distinct", str(DISTINCT), "--spans-per-trace", str(SPANS_PER_TRACE)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -419,6 +425,7 @@ def bench_query(tmp: Path, n: int) -> dict:
 
 
 DISTINCT = 0
+SPANS_PER_TRACE = 1
 
 
 def main() -> None:
@@ -431,6 +438,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--distinct", type=int, default=0, help="cycle N pre-encoded batches (0: all distinct)")
     ap.add_argument("--walk", default="native,python", help="collector conversion walks to measure")
+    ap.add_argument(
+        "--spans-per-trace",
+        type=int,
+        default=1,
+        help="rows per generate call sharing a trace (1: one-span traces)",
+    )
     ap.add_argument("--connections", type=int, default=4)
     ap.add_argument("--batches", type=int, default=200)
     ap.add_argument("--exporter-batches", type=int, default=60)
@@ -438,8 +451,8 @@ def main() -> None:
     ap.add_argument("--workers", default="0,2")
     ap.add_argument("--skip-query", action="store_true")
     args = ap.parse_args()
-    global DISTINCT
-    DISTINCT = args.distinct
+    global DISTINCT, SPANS_PER_TRACE
+    DISTINCT, SPANS_PER_TRACE = args.distinct, args.spans_per_trace
     if args.sender:
         return sender_main(args)
     if args.exporter_sender:
