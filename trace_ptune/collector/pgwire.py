@@ -99,6 +99,13 @@ _COMMIT = re.compile(r"^\s*(commit|end)\b", re.IGNORECASE)
 _ROLLBACK = re.compile(r"^\s*(rollback|abort)\b", re.IGNORECASE)
 _SHOW = re.compile(r"^\s*show\s+(\"?[\w.]+\"?)\s*;?\s*$", re.IGNORECASE)
 _VERSION_CALL = re.compile(r"\b(?:pg_catalog\.)?version\s*\(\s*\)", re.IGNORECASE)
+# What psql's listing commands (\d, \dt, \dv, \dn) send that DuckDB's pg_catalog lacks: owner
+# names, the default collation and the OPERATOR(...) syntax.
+_PSQL_COMPAT = (
+    (re.compile(r"\b(?:pg_catalog\.)?pg_get_userbyid\s*\(\s*[\w.]+\s*\)", re.IGNORECASE), "'trace-ptune'"),
+    (re.compile(r"\s+COLLATE\s+(?:pg_catalog\.)?\"?default\"?", re.IGNORECASE), ""),
+    (re.compile(r"\bOPERATOR\s*\(\s*(?:pg_catalog\.)?([~!=<>]+)\s*\)", re.IGNORECASE), r"\1"),
+)
 
 
 class PgError(Exception):
@@ -314,6 +321,9 @@ def _classify(sql: str) -> _Prepared:
         word = stripped.split(None, 1)[0].upper()
         return _Prepared(sql, [], "tag", "DISCARD ALL" if word == "DISCARD" else word)
     text = _VERSION_CALL.sub("'" + VERSION_STRING.replace("'", "''") + "'", stripped)
+    if "pg_catalog" in text:
+        for pattern, repl in _PSQL_COMPAT:
+            text = pattern.sub(repl, text)
     try:
         check_read_only(text)
     except QueryError as exc:
