@@ -141,7 +141,10 @@ class Server:
         command = [sys.executable, "-m", "trace_ptune.cli.main", "serve", "--model", model,
                    "--port", str(self.port), "--torch-threads", str(threads), "--log-level", "warning"]  # fmt: skip
         for key, value in options.items():
-            command += [f"--{key.replace('_', '-')}", str(value)]
+            if value is True:  # a flag
+                command.append(f"--{key.replace('_', '-')}")
+            else:
+                command += [f"--{key.replace('_', '-')}", str(value)]
         self.proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def __enter__(self) -> Server:
@@ -229,12 +232,22 @@ class HttpxClient:
 
 
 def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (Linux ``/proc``), 0 where unavailable."""
+    """User + system CPU seconds of a process and its children (the engine process), Linux
+    ``/proc``; 0 where unavailable."""
+    pids = [pid]
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return 0.0
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            pids += [int(x) for x in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
+    except (OSError, ValueError):
+        pass
+    total = 0.0
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
 
 
 async def _load(
@@ -309,7 +322,14 @@ def main() -> None:
     parser.add_argument(
         "--modes",
         default="iteration,iteration-eager,request",
-        help="iteration (gated joins, the default), iteration-eager (join at every step), request",
+        help="iteration (gated joins, the default), iteration-eager (join at every step), request; "
+        "a +inproc suffix runs the server with --in-process (engine and HTTP in one process)",
+    )
+    parser.add_argument(
+        "--join-fraction",
+        type=float,
+        default=None,
+        help="--join-fraction of the iteration runs (server default)",
     )
     parser.add_argument(
         "--client", choices=("raw", "httpx"), default="raw", help="load generator's HTTP client"
@@ -354,9 +374,14 @@ def main() -> None:
     if not args.skip_one_at_a_time:
         configs.append(("request", 1))
     for mode, batch in configs:
-        options: dict[str, Any] = {"scheduling": mode.removesuffix("-eager")}
-        if mode.endswith("-eager"):
+        base_mode, _, where = mode.partition("+")
+        options: dict[str, Any] = {"scheduling": base_mode.removesuffix("-eager")}
+        if base_mode.endswith("-eager"):
             options.update(join_fraction=0, join_max_wait_steps=0)
+        elif base_mode == "iteration" and args.join_fraction is not None:
+            options.update(join_fraction=args.join_fraction)
+        if where == "inproc":
+            options.update(in_process=True)
         with Server(args.model, env, args.torch_threads, max_batch_size=batch,
                     batch_wait_ms=args.batch_wait_ms, **options) as server:  # fmt: skip
             for clients in clients_list if batch > 1 else [max(clients_list)]:

@@ -83,7 +83,7 @@ from trace_ptune.cli.output import handle_errors
 @click.option(
     "--join-fraction",
     type=click.FloatRange(0, 1),
-    default=0.125,
+    default=0.5,
     show_default=True,
     help="Iteration scheduling: arrivals join a running batch once they are this share of the rows "
     "in flight (0: at every step).",
@@ -94,6 +94,13 @@ from trace_ptune.cli.output import handle_errors
     default=8,
     show_default=True,
     help="Iteration scheduling: ... or once the oldest arrival has waited this many decode steps.",
+)
+@click.option(
+    "--engine-process/--in-process",
+    default=True,
+    show_default=True,
+    help="Run the model and its scheduler in a process of their own, beside the HTTP server "
+    "(they then use two cores instead of sharing one interpreter lock).",
 )
 @click.option(
     "--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"])
@@ -116,33 +123,56 @@ def serve(
     torch_threads: int | None,
     join_fraction: float,
     join_max_wait_steps: int,
+    engine_process: bool,
     log_level: str,
 ) -> None:
     """Serve soft prompts over an OpenAI-compatible HTTP API (SIGTERM drains and exits)."""
     import uvicorn
 
     from trace_ptune.adapters.store import AdapterStore
-    from trace_ptune.models import load_model
-    from trace_ptune.runtime import Engine
     from trace_ptune.runtime.server import ApiKeys, create_app
 
     keys = ApiKeys.load(api_keys_file) if api_keys_file is not None else None
     _check_listen(host, port)
-    if torch_threads is not None:
-        import torch
-
-        torch.set_num_threads(torch_threads)
-    telemetry = configure_telemetry(service_name="trace-ptune-serve")
-    base = load_model(model_spec, dtype=dtype)
     adapter_store = AdapterStore(store)
-    engine = Engine(
-        base,
-        store=adapter_store,
+    scheduler_options = dict(
+        batch_wait_ms=batch_wait_ms,
+        mode=scheduling,
+        join_fraction=join_fraction,
+        join_max_wait_steps=join_max_wait_steps,
+    )
+    engine_options = dict(
         memory_budget_mb=memory_budget_mb,
         max_batch_size=max_batch_size,
         allow_base_mismatch=allow_base_mismatch,
         capture_content=True if capture_content else None,
     )
+    if engine_process:
+        from trace_ptune.runtime.server.engine_process import EngineSpec, RemoteScheduler
+
+        remote = RemoteScheduler(
+            EngineSpec(
+                model=model_spec,
+                dtype=dtype,
+                store=str(adapter_store.root),
+                torch_threads=torch_threads,
+                scheduler=scheduler_options,
+                **engine_options,
+            )
+        )
+        remote.start()  # loads the model in the engine process, which emits the spans
+        engine, scheduler, on_shutdown = remote.engine_view(), remote, None
+    else:
+        from trace_ptune.models import load_model
+        from trace_ptune.runtime import Engine
+
+        if torch_threads is not None:
+            import torch
+
+            torch.set_num_threads(torch_threads)
+        telemetry = configure_telemetry(service_name="trace-ptune-serve")
+        engine = Engine(load_model(model_spec, dtype=dtype), store=adapter_store, **engine_options)
+        scheduler, on_shutdown = None, telemetry.force_flush if telemetry is not None else None
     app = create_app(
         engine,
         store=adapter_store,
@@ -153,12 +183,14 @@ def serve(
         join_fraction=join_fraction,
         join_max_wait_steps=join_max_wait_steps,
         canary_seed=canary_seed,
-        on_shutdown=telemetry.force_flush if telemetry is not None else None,
+        on_shutdown=on_shutdown,
+        scheduler=scheduler,
     )
     tenants = f", {len(keys)} API keys" if keys is not None else ""
+    where = "engine process" if engine_process else "in process"
     click.echo(
-        f"serving {base.name} ({base.fingerprint[:19]}) on http://{host}:{port}/v1 "
-        f"[{scheduling} scheduling, batch {max_batch_size}, wait {batch_wait_ms:g} ms{tenants}]",
+        f"serving {engine.base.name} ({engine.base.fingerprint[:19]}) on http://{host}:{port}/v1 "
+        f"[{scheduling} scheduling, batch {max_batch_size}, wait {batch_wait_ms:g} ms, {where}{tenants}]",
         err=True,
     )
     # uvicorn handles SIGINT/SIGTERM: stop accepting, finish open requests, then the app's

@@ -85,8 +85,13 @@ def create_app(
     poll_interval_s: float = 0.0,
     canary_seed: int | None = None,
     on_shutdown: Callable[[], Any] | None = None,
+    scheduler: Any | None = None,
 ) -> Starlette:
-    """The ASGI app serving ``engine``; ``store`` defaults to the engine's adapter store."""
+    """The ASGI app serving ``engine``; ``store`` defaults to the engine's adapter store.
+
+    ``scheduler`` replaces the in-process scheduler, e.g. a
+    :class:`~trace_ptune.runtime.server.engine_process.RemoteScheduler` whose engine runs in
+    another process (``engine`` then only needs ``base.name`` and ``base.fingerprint``)."""
     store = store if store is not None else engine.registry.store
     router = Router(
         store,
@@ -95,14 +100,15 @@ def create_app(
         poll_interval_s=poll_interval_s,
         canary_seed=canary_seed,
     )
-    scheduler = Scheduler(
-        engine,
-        max_batch_size=max_batch_size,
-        batch_wait_ms=batch_wait_ms,
-        mode=scheduling,
-        join_fraction=join_fraction,
-        join_max_wait_steps=join_max_wait_steps,
-    )
+    if scheduler is None:
+        scheduler = Scheduler(
+            engine,
+            max_batch_size=max_batch_size,
+            batch_wait_ms=batch_wait_ms,
+            mode=scheduling,
+            join_fraction=join_fraction,
+            join_max_wait_steps=join_max_wait_steps,
+        )
     state = ServerState(engine, router, scheduler, api_keys, on_shutdown)
 
     @contextlib.asynccontextmanager
@@ -174,6 +180,9 @@ def _server(request: Request) -> ServerState:
 
 async def _health(request: Request) -> Response:
     state = _server(request)
+    refresh = getattr(state.scheduler, "refresh", None)
+    if refresh is not None:  # counters of an engine process
+        await asyncio.to_thread(refresh, 1.0)
     ok = state.scheduler.running
     return JSONResponse(
         {
@@ -270,8 +279,8 @@ async def _generate(request: Request, kind: oa.Kind) -> Response:
         work = Work(rows, parent=ctx, loop=asyncio.get_running_loop(), stream=parsed.stream)
         try:
             state.scheduler.submit(work)
-        except RuntimeError:
-            raise oa.RequestError(503, "The server is shutting down; retry on another instance.") from None
+        except RuntimeError as exc:  # shutting down, or the engine process is gone
+            raise oa.RequestError(503, f"{str(exc).capitalize()}; retry on another instance.") from None
         if parsed.stream:
             return await _stream_response(parsed, route, work, request_id, headers)
         return await _full_response(parsed, route, work, request_id, headers)
