@@ -83,7 +83,7 @@ from trace_ptune.cli.output import handle_errors
 @click.option(
     "--join-fraction",
     type=click.FloatRange(0, 1),
-    default=0.125,
+    default=0.5,
     show_default=True,
     help="Iteration scheduling: arrivals join a running batch once they are this share of the rows "
     "in flight (0: at every step).",

@@ -80,7 +80,7 @@ def create_app(
     max_batch_size: int = 32,
     batch_wait_ms: float = 5.0,
     scheduling: str = "iteration",
-    join_fraction: float = 0.125,
+    join_fraction: float = 0.5,
     join_max_wait_steps: int = 8,
     poll_interval_s: float = 0.0,
     canary_seed: int | None = None,

@@ -80,7 +80,7 @@ class Scheduler:
         max_batch_size: int = 32,
         batch_wait_ms: float = 5.0,
         mode: str = "iteration",
-        join_fraction: float = 0.125,
+        join_fraction: float = 0.5,
         join_max_wait_steps: int = 8,
     ) -> None:
         if mode not in SCHEDULING_MODES:
