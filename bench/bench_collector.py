@@ -365,6 +365,30 @@ def bench_anchor(tmp: Path, batches: int) -> dict:
     }
 
 
+def bench_bytes(tmp: Path, batches: int, spans_per_trace: int) -> dict:
+    """Bytes per span of a larger file: ``batches`` distinct 512-span batches through the
+    collector's converter and writer (in process), checkpointed, file size / spans."""
+    from trace_ptune.collector import otlp
+    from trace_ptune.collector.store import Store
+
+    db = tmp / f"bytes-{spans_per_trace}.duckdb"
+    store = Store(db)
+    conv = otlp.TraceConverter()
+    tickets = []
+    for i in range(batches):
+        batch = conv.convert_bytes(make_batch(500_000 + i, spans_per_trace=spans_per_trace)).freeze()
+        tickets.append(store.submit(batch, "spans"))
+        if len(tickets) >= 32:
+            for t in tickets:
+                t.wait()
+            tickets = []
+    for t in tickets:
+        t.wait()
+    store.close()
+    n = batches * 512
+    return {"spans": n, "spans_per_trace": spans_per_trace, "bytes_per_span": round(db.stat().st_size / n, 1)}
+
+
 def bench_query(tmp: Path, n: int) -> dict:
     import duckdb
 
@@ -450,6 +474,12 @@ def main() -> None:
     ap.add_argument("--query-spans", type=int, default=10_000_000)
     ap.add_argument("--workers", default="0,2")
     ap.add_argument("--skip-query", action="store_true")
+    ap.add_argument(
+        "--bytes-batches",
+        type=int,
+        default=0,
+        help="also measure bytes/span over N batches (1 and 8 spans/trace)",
+    )
     args = ap.parse_args()
     global DISTINCT, SPANS_PER_TRACE
     DISTINCT, SPANS_PER_TRACE = args.distinct, args.spans_per_trace
@@ -470,6 +500,8 @@ def main() -> None:
                 print(json.dumps(results[-1]), flush=True)
         results.append(bench_collector(tmp, args.exporter_batches, 0, "exporter-sender"))
         print(json.dumps(results[-1]), flush=True)
+        for k in (1, 8) if args.bytes_batches else ():
+            print(json.dumps({"bytes": bench_bytes(tmp, args.bytes_batches, k)}), flush=True)
         if not args.skip_query:
             print(json.dumps({"query": bench_query(tmp, args.query_spans)}), flush=True)
 

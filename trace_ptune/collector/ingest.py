@@ -170,7 +170,8 @@ class Ingestor:
                 except cf.process.BrokenProcessPool as exc:  # pragma: no cover - worker crashed
                     raise CollectorError(f"a parsing worker died: {exc}") from None
             else:
-                batch = self._conv.convert_body(signal, body, fmt)
+                with self.store.cpu_gate:
+                    batch = self._conv.convert_body(signal, body, fmt)
         return self._store(signal, batch)
 
     def export_message(self, signal: str, msg: Any) -> ExportResult:
