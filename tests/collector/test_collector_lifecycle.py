@@ -148,11 +148,14 @@ def test_cli_export_compact_status_and_retention(tmp_path, make_collector):
     assert duckdb.connect().execute(
         f"SELECT count(*) FROM read_parquet('{out}/spans/*/*.parquet')"
     ).fetchone() == (30,)
+    threads = "SELECT current_setting('threads')"
+    assert CollectorClient(c.urls["http"]).query(threads)[1] == [[1]]  # --db-threads default
     res = runner.invoke(cli, ["collector", "compact", "--db", str(db), "--json"])
     assert res.exit_code == 0, res.output
-    # still ingesting and reading after the swap
+    # still ingesting and reading after the swap, on a connection configured like the first
     post(c.urls["http"] + "/v1/traces", span_request([{}]).SerializeToString(), PB)
     assert CollectorClient(c.urls["http"]).query("SELECT count(*) FROM spans")[1] == [[31]]
+    assert CollectorClient(c.urls["http"]).query(threads)[1] == [[1]]
     # retention deletes old rows
     from trace_ptune.collector.store import delete_older_than
 

@@ -80,6 +80,14 @@ def collector() -> None:
     help="Worker processes that parse OTLP (0: in-process).",
 )
 @click.option(
+    "--db-threads",
+    type=click.IntRange(0),
+    default=1,
+    show_default=True,
+    help="DuckDB worker threads (0: one per core). One ingests fastest on small machines; more "
+    "speed up large queries.",
+)
+@click.option(
     "--max-body-mb",
     type=float,
     default=32.0,
@@ -104,6 +112,7 @@ def run(
     pg_password_file: str | None,
     retain: str | None,
     workers: int,
+    db_threads: int,
     max_body_mb: float,
     max_queue_rows: int,
     quiet: bool,
@@ -123,6 +132,7 @@ def run(
         max_body_bytes=int(max_body_mb * 1024 * 1024),
         max_queue_rows=max_queue_rows,
         workers=workers,
+        db_threads=db_threads,
         quiet=quiet,
     )
     coll = Collector(cfg).start()

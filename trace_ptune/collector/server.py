@@ -75,6 +75,7 @@ class CollectorConfig:
     max_body_bytes: int = 32 * 1024 * 1024
     max_queue_rows: int = 200_000
     workers: int = 0
+    db_threads: int = 1  # DuckDB worker threads; 0: DuckDB's default (one per core)
     quiet: bool = False
 
     def __post_init__(self) -> None:
@@ -92,6 +93,8 @@ class CollectorConfig:
                 f"--max-body-mb and --max-queue-rows must be positive (got {self.max_body_bytes} bytes "
                 f"and {self.max_queue_rows} rows); pass values above 0"
             )
+        if self.db_threads < 0:
+            raise ConfigError(f"db_threads must be 0 (one per core) or more, not {self.db_threads}")
         if self.workers < 0:
             raise ConfigError(f"workers must be 0 or more, not {self.workers}")
 
@@ -118,7 +121,9 @@ class Collector:
     def start(self) -> Collector:
         cfg = self.config
         retain = parse_duration(cfg.retain) if cfg.retain else None
-        self.store = Store(self.db, max_queue_rows=cfg.max_queue_rows, retain_seconds=retain)
+        self.store = Store(
+            self.db, max_queue_rows=cfg.max_queue_rows, retain_seconds=retain, threads=cfg.db_threads
+        )
         try:
             self.ingestor = Ingestor(self.store, workers=cfg.workers)
             self._accepting = True
