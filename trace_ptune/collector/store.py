@@ -201,6 +201,7 @@ class Store:
         group_rows: int = 32_768,
         group_min_rows: int = 4096,
         group_wait_s: float = 0.02,
+        group_expect_s: float = 0.003,
         retain_seconds: float | None = None,
         threads: int = 0,
     ) -> None:
@@ -209,6 +210,8 @@ class Store:
         self.group_rows = group_rows
         self.group_min_rows = group_min_rows
         self.group_wait_s = group_wait_s
+        self.group_expect_s = group_expect_s
+        self._last_group = 1  # requests in the last commit
         self.retain_seconds = retain_seconds
         self.stats = Stats()
         self._con = connect(self.path)
@@ -345,12 +348,18 @@ class Store:
             # Group commit: take what is queued and, while the group is small and requests are
             # being converted right now, wait a little for them (a commit of 2,048 spans costs
             # about half as much per span as four commits of 512). A lone client never waits.
-            linger_until = time.monotonic() + self.group_wait_s
+            now = time.monotonic()
+            linger_until = now + self.group_wait_s
+            # After a commit of several requests (concurrent clients), the others' next requests
+            # are usually on their way: wait a moment for them even before they are converting.
+            expect_until = now + self.group_expect_s if self._last_group > 1 else now
             while rows < self.group_rows:
                 try:
                     nxt = self._queue.get_nowait()
                 except queue.Empty:
-                    if rows >= self.group_min_rows or not self._converting:
+                    if rows >= self.group_min_rows or (
+                        not self._converting and time.monotonic() >= expect_until
+                    ):
                         break
                     wait = linger_until - time.monotonic()
                     if wait <= 0:
@@ -367,6 +376,7 @@ class Store:
                     break
                 writes.append(nxt)
                 rows += nxt.rows
+            self._last_group = len(writes)
             self._commit(writes)
             if task is not None:
                 self._run(task)
@@ -573,13 +583,12 @@ def _kinds(table: str) -> list[str]:
 
 
 def insert_table(con: duckdb.DuckDBPyConnection, table: str, tbl: Any) -> None:
-    """Bulk-insert an Arrow table whose columns are the table's columns, in order."""
-    name = f"__ptune_batch_{table}"
-    con.register(name, tbl)
-    try:
-        con.execute(f"INSERT INTO {table} SELECT * FROM {name}")
-    finally:
-        con.unregister(name)
+    """Bulk-insert an Arrow table whose columns are the table's columns, in order.
+
+    DuckDB's replacement scan reads the table from this frame's local variable: about 0.9 ms
+    cheaper per insert than ``register()`` / ``unregister()``, which create and drop a view."""
+    _ptune_arrow_batch = tbl  # read by the statement below
+    con.execute(f"INSERT INTO {table} SELECT * FROM _ptune_arrow_batch")
 
 
 def insert_rows(con: duckdb.DuckDBPyConnection, table: str, rows: list[tuple]) -> None:
