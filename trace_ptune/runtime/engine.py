@@ -45,6 +45,7 @@ from trace_ptune.runtime import batching
 from trace_ptune.runtime.kvcache import model_kv_layout
 from trace_ptune.runtime.registry import AdapterEntry, AdapterRegistry
 from trace_ptune.runtime.requests import (
+    FINISH_CANCELLED,
     FINISH_ERROR,
     FINISH_LENGTH,
     FINISH_STOP,
@@ -287,6 +288,26 @@ class Engine:
         if len(keep) < len(state.rows):
             state.rows = [state.rows[i] for i in keep]
             state.kv = batching.select_rows(state.kv, keep) if keep else None
+
+    def cancel(self, state: BatchState, seq_ids: Iterable[int]) -> list[TokenEvent]:
+        """End the given sequences now (their caller is gone): they leave the batch before the
+        next step, and their spans end with finish reason ``cancelled`` and the tokens so far.
+        Unknown or already finished ids are ignored; returns the final events."""
+        wanted = set(seq_ids)
+        with self._lock:
+            events = []
+            for row in [r for r in state.rows + state.pending if r.seq_id in wanted]:
+                if row.finish_reason is not None:
+                    continue
+                row.finish_reason = FINISH_CANCELLED
+                if row.generated and not row.text:
+                    row.text = self._decode(row.generated)
+                events.append(
+                    TokenEvent(row.seq_id, row.request, result=self._finish(row, self._result(row)))
+                )
+            state.pending = [r for r in state.pending if r.finish_reason is None]
+            self._drop_finished(state)
+            return events
 
     def abort(self, state: BatchState, error: BaseException) -> list[GenerationResult]:
         """End every sequence of ``state`` with ``error`` (after a failed forward pass)."""

@@ -17,6 +17,7 @@ from trace_ptune.errors import GenerationError
 FINISH_STOP = "stop"
 FINISH_LENGTH = "length"
 FINISH_ERROR = "error"
+FINISH_CANCELLED = "cancelled"  # the caller went away (e.g. an HTTP client disconnected)
 
 ChatMessages = list[dict[str, Any]]
 TokenIds = list[int]

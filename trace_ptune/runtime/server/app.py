@@ -282,8 +282,8 @@ async def _generate(request: Request, kind: oa.Kind) -> Response:
         except RuntimeError as exc:  # shutting down, or the engine process is gone
             raise oa.RequestError(503, f"{str(exc).capitalize()}; retry on another instance.") from None
         if parsed.stream:
-            return await _stream_response(parsed, route, work, request_id, headers)
-        return await _full_response(parsed, route, work, request_id, headers)
+            return await _stream_response(parsed, route, work, request_id, headers, state.scheduler)
+        return await _full_response(parsed, route, work, request_id, headers, request)
     except oa.RequestError as exc:
         return _error_response(exc, headers)
 
@@ -340,14 +340,31 @@ def _x_ptune(route: Route, results: list[GenerationResult]) -> dict[str, Any]:
     }
 
 
+async def _until_disconnect(request: Request) -> None:
+    """Return when the client closes the connection (the body has been read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 async def _full_response(
-    parsed: oa.ParsedRequest, route: Route, work: Work, request_id: str, headers: dict[str, str]
-) -> Response:
+    parsed: oa.ParsedRequest, route: Route, work: Work, request_id: str, headers: dict[str, str],
+    request: Request,
+) -> Response:  # fmt: skip
     results: dict[int, GenerationResult] = {}
-    while len(results) < len(work.requests):
-        for item in await work.events.get():
-            if isinstance(item, Done) and item.index not in results:
-                results[item.index] = item.result
+    gone = asyncio.ensure_future(_until_disconnect(request))
+    try:
+        while len(results) < len(work.requests):
+            events = asyncio.ensure_future(work.events.get())
+            await asyncio.wait((events, gone), return_when=asyncio.FIRST_COMPLETED)
+            if not events.done():  # the client left: stop generating for it
+                events.cancel()
+                _server(request).scheduler.cancel(work)
+                return Response(status_code=499)  # nobody reads it; uvicorn drops it
+            for item in events.result():
+                if isinstance(item, Done) and item.index not in results:
+                    results[item.index] = item.result
+    finally:
+        gone.cancel()
     ordered = [results[i] for i in range(len(work.requests))]
     for result in ordered:
         if result.error is not None:
@@ -364,8 +381,9 @@ def _openai_id(parsed: oa.ParsedRequest, request_id: str) -> str:
 
 
 async def _stream_response(
-    parsed: oa.ParsedRequest, route: Route, work: Work, request_id: str, headers: dict[str, str]
-) -> Response:
+    parsed: oa.ParsedRequest, route: Route, work: Work, request_id: str, headers: dict[str, str],
+    scheduler: Any,
+) -> Response:  # fmt: skip
     # Refusals (a prompt too long for the context...) come with the first step: answer them
     # with a plain error status rather than a stream that fails at once.
     first = await work.events.get()
@@ -376,8 +394,16 @@ async def _stream_response(
     created = int(time.time())
 
     async def body() -> AsyncIterator[bytes]:
-        pending: list[Delta | Done] | None = first
         finished: dict[int, GenerationResult] = {}
+        try:
+            async for chunk in chunks(finished):
+                yield chunk
+        finally:
+            if len(finished) < len(work.requests):  # the client disconnected mid-stream
+                scheduler.cancel(work)
+
+    async def chunks(finished: dict[int, GenerationResult]) -> AsyncIterator[bytes]:
+        pending: list[Delta | Done] | None = first
         if parsed.kind == "chat":
             for index in range(len(work.requests)):
                 yield oa.sse(

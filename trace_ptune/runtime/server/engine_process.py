@@ -10,7 +10,7 @@ They talk over a :func:`multiprocessing.Pipe`:
 
 - server -> engine: ``("submit", id, rows, carrier, stream)`` (the caller's W3C trace context and
   baggage travel as a carrier dict, so spans are still children of the caller's trace),
-  ``("stats",)`` and ``("stop",)``;
+  ``("cancel", id)`` (the client went away), ``("stats",)`` and ``("stop",)``;
 - engine -> server: ``("ready", info)`` or ``("error", message)`` once the model is loaded,
   ``("events", id, items)`` (the scheduler's ``Delta`` / ``Done`` lists), ``("stats", counters)``
   and ``("stopped",)`` after a drain.
@@ -159,6 +159,14 @@ class RemoteScheduler:
                 self._works.pop(work_id, None)
             raise RuntimeError(f"the engine process is gone ({exc})") from None
 
+    def cancel(self, work: Work) -> None:
+        """Stop generating for ``work`` in the engine process (its client went away)."""
+        with self._lock:
+            ids = [i for i, (w, _) in self._works.items() if w is work]
+        for work_id in ids:
+            with contextlib.suppress(OSError, ValueError):
+                self._send(("cancel", work_id))
+
     def stop(self, timeout: float | None = None) -> None:
         """Let the engine process finish every submitted work, flush its spans and exit."""
         self._stopping = True
@@ -223,13 +231,21 @@ class RemoteScheduler:
 class _PipeWork(Work):
     """A work in the engine process: its events go back over the pipe."""
 
-    def __init__(self, work_id: int, requests: list[Any], parent: Any, stream: bool, send: Any) -> None:
+    def __init__(
+        self, work_id: int, requests: list[Any], parent: Any, stream: bool, send: Any, live: dict[int, Any]
+    ) -> None:
         super().__init__(requests, parent=parent, loop=None, stream=stream)  # type: ignore[arg-type]
         self.work_id = work_id
         self._send = send
+        self._live = live  # work id -> work, until its last row is done (for cancel)
+        self._left = len(requests)
+        live[work_id] = self
 
     def post(self, items: list[Delta | Done]) -> None:
         if items:
+            self._left -= sum(1 for item in items if isinstance(item, Done))
+            if self._left <= 0:
+                self._live.pop(self.work_id, None)
             with contextlib.suppress(OSError, ValueError, BrokenPipeError):
                 self._send(("events", self.work_id, items))
 
@@ -278,6 +294,8 @@ def _engine_main(conn: Any, spec: EngineSpec) -> None:
     def counters() -> dict[str, float]:
         return {name: getattr(scheduler, name) for name in _COUNTERS}
 
+    live: dict[int, _PipeWork] = {}
+
     while True:
         try:
             msg = conn.recv()
@@ -288,11 +306,15 @@ def _engine_main(conn: Any, spec: EngineSpec) -> None:
             _, work_id, rows, carrier, stream = msg
             parent = propagate.extract(carrier) if carrier else None
             try:
-                scheduler.submit(_PipeWork(work_id, rows, parent, stream, send))
+                scheduler.submit(_PipeWork(work_id, rows, parent, stream, send, live))
             except RuntimeError as exc:
                 result = GenerationResult(error=f"generation failed: {exc}", error_type="EngineProcessError")
                 with contextlib.suppress(OSError, ValueError):
                     send(("events", work_id, [Done(i, result) for i in range(len(rows))]))
+        elif kind == "cancel":
+            work = live.get(msg[1])
+            if work is not None:
+                scheduler.cancel(work)
         elif kind == "stats":
             with contextlib.suppress(OSError, ValueError):
                 send(("stats", counters()))

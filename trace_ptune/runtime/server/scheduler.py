@@ -61,6 +61,7 @@ class Work:
     events: asyncio.Queue[list[Delta | Done]] = field(default_factory=asyncio.Queue)
     stream: bool = False
     submitted: float = field(default_factory=time.perf_counter)
+    cancelled: bool = False  # set by Scheduler.cancel(): the client went away
 
     def post(self, items: list[Delta | Done]) -> None:
         if items:
@@ -107,6 +108,8 @@ class Scheduler:
         self._inflight = 0
         self._inflight_lock = threading.Lock()
         self._sent: dict[int, str] = {}  # seq id -> text streamed so far
+        self._to_cancel: list[Work] = []
+        self._cancel_lock = threading.Lock()
         # counters for /health and the benchmark
         self.batches = 0
         self.steps = 0
@@ -136,6 +139,12 @@ class Scheduler:
         with self._inflight_lock:
             self._inflight += 1
         self._inbox.put(work)
+
+    def cancel(self, work: Work) -> None:
+        """Stop generating for ``work`` (its client disconnected): its rows leave the batch at the
+        next step boundary with finish reason ``cancelled``; not yet admitted, it never runs."""
+        with self._cancel_lock:
+            self._to_cancel.append(work)
 
     def stop(self, timeout: float | None = None) -> None:
         """Finish every submitted work, then end the thread."""
@@ -182,6 +191,9 @@ class Scheduler:
         remaining: dict[int, int] = {}  # id(work) -> rows not finished
 
         def admit(work: Work) -> None:
+            if work.cancelled or self._take_cancel(work):
+                self._finished()  # the client left before its rows started
+                return
             if work.stream:
                 state.stream = True
             try:
@@ -205,6 +217,8 @@ class Scheduler:
                 self.step_seconds += time.perf_counter() - t0
                 self.max_rows_seen = max(self.max_rows_seen, state.active)
                 self._dispatch(events, owners, remaining)
+                if self._to_cancel:
+                    self._dispatch(self._cancel_rows(state, owners), owners, remaining)
                 if self.mode == "iteration":
                     self._admit_waiting(state, admit)
             except Exception as exc:
@@ -217,6 +231,24 @@ class Scheduler:
                         remaining[id(work)] = 0
                         self._fail(work, exc)
                 return
+
+    def _take_cancel(self, work: Work) -> bool:
+        with self._cancel_lock:
+            for i, w in enumerate(self._to_cancel):
+                if w is work:
+                    del self._to_cancel[i]
+                    return True
+        return False
+
+    def _cancel_rows(self, state: Any, owners: dict[int, tuple[Work, int]]) -> list[Any]:
+        """End the running rows of cancelled works; mark the others so they are never admitted."""
+        with self._cancel_lock:
+            works, self._to_cancel = self._to_cancel, []
+        seq_ids = []
+        for work in works:
+            work.cancelled = True
+            seq_ids += [seq for seq, (w, _) in owners.items() if w is work]
+        return self.engine.cancel(state, seq_ids) if seq_ids else []
 
     def _admit_waiting(self, state: Any, admit: Any) -> None:
         """Iteration-level scheduling: works that arrived join the running batch.
