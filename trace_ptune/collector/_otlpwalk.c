@@ -1195,46 +1195,28 @@ static PyObject *walk(PyObject *Py_UNUSED(self), PyObject *args) {
                 failed = 1;
                 break;
             }
-            /* ScopeSpans: scope (merged over repeats) and spans */
+            /* ScopeSpans, in one pass: the scope (merged over repeats, wherever it comes) names
+             * the group of rows its spans make */
             Slice sname = {(const uint8_t *)"", 0}, sversion = {(const uint8_t *)"", 0};
             const uint8_t *t = ss.p, *tend = ss.p + ss.n;
             uint32_t h;
             int hwt, r3;
-            while ((r3 = read_tag(&t, tend, &h, &hwt)) == 0) {
-                Slice x;
-                if ((h == 1 || h == 2) && hwt == 2) {
-                    if (read_len(&t, tend, &x) < 0 || (h == 1 && parse_scope(x, &sname, &sversion) < 0)) {
-                        r3 = -1;
-                        break;
-                    }
-                } else if (skip_field(&t, tend, h, hwt, 0) < 0) {
-                    r3 = -1;
-                    break;
-                }
-            }
-            if (r3 < 0) {
-                failed = 1;
-                break;
-            }
-            if (check_str(sname) < 0 || check_str(sversion) < 0) {
-                failed = 1;
-                break;
-            }
             Py_ssize_t before = w.n_rows;
-            t = ss.p;
             while ((r3 = read_tag(&t, tend, &h, &hwt)) == 0) {
                 Slice x;
-                if (h == 2 && hwt == 2) {
-                    if (read_len(&t, tend, &x) < 0 || walk_span(&w, x, service) < 0) {
-                        r3 = -1;
-                        break;
-                    }
-                } else if (skip_field(&t, tend, h, hwt, 0) < 0) {
+                int rc = 0;
+                if ((h == 1 || h == 2) && hwt == 2) {
+                    rc = read_len(&t, tend, &x);
+                    if (rc == 0) rc = h == 1 ? parse_scope(x, &sname, &sversion) : walk_span(&w, x, service);
+                } else {
+                    rc = skip_field(&t, tend, h, hwt, 0);
+                }
+                if (rc < 0) {
                     r3 = -1;
                     break;
                 }
             }
-            if (r3 < 0) {
+            if (r3 < 0 || check_str(sname) < 0 || check_str(sversion) < 0) {
                 failed = 1;
                 break;
             }
