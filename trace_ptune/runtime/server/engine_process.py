@@ -123,11 +123,13 @@ class RemoteScheduler:
     def inflight(self) -> int:
         return len(self._works)
 
-    def __getattr__(self, name: str) -> Any:  # batches, steps, ... from the last counters
-        counters = self.__dict__.get("_counters")
-        if counters is not None and name in counters:
-            return counters[name]
-        raise AttributeError(name)
+    # the scheduler's counters, as of the last refresh()
+    batches = property(lambda self: int(self._counters["batches"]))
+    steps = property(lambda self: int(self._counters["steps"]))
+    rows = property(lambda self: int(self._counters["rows"]))
+    max_rows_seen = property(lambda self: int(self._counters["max_rows_seen"]))
+    step_seconds = property(lambda self: float(self._counters["step_seconds"]))
+    joins = property(lambda self: int(self._counters["joins"]))
 
     def refresh(self, timeout: float = 1.0) -> None:
         """Fetch the engine process's current counters (best effort within ``timeout``)."""
