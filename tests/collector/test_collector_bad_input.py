@@ -136,3 +136,17 @@ def test_token_is_required_when_configured(make_collector):
 
 def test_without_a_token_no_auth_is_needed(collector):
     assert post(collector.urls["http"] + "/v1/traces", span_request([{}]).SerializeToString(), PB)[0] == 200
+
+
+def test_grpc_garbage_is_invalid_argument_and_the_receiver_goes_on(collector):
+    channel = grpc.insecure_channel(grpc_target(collector))
+    export = channel.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export")
+    for garbage in (b"\x0a\x05\x12", b"\xff" * 12, span_request([{}]).SerializeToString()[:-3]):
+        with pytest.raises(grpc.RpcError) as err:
+            export(garbage, timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "not a valid OTLP spans protobuf message" in err.value.details()
+    stub = trace_service_pb2_grpc.TraceServiceStub(channel)
+    stub.Export(span_request([{}, {}]), timeout=10)
+    client = CollectorClient(collector.urls["http"])
+    assert client.query("SELECT count(*) FROM spans")[1] == [[2]]

@@ -14,9 +14,9 @@ from typing import Any
 import grpc
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
-from trace_ptune.collector.ingest import Ingestor
+from trace_ptune.collector.ingest import BadPayload, Ingestor
 from trace_ptune.collector.store import QueueFull
 from trace_ptune.errors import CollectorError
 
@@ -38,7 +38,12 @@ class _Base:
                     grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token in 'authorization'"
                 )
         try:
-            result = self._ingestor.export_message(self.signal, request)
+            if isinstance(request, bytes):  # trace requests arrive unparsed (see start_grpc)
+                result = self._ingestor.export_bytes(self.signal, request, "proto")
+            else:
+                result = self._ingestor.export_message(self.signal, request)
+        except BadPayload as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except QueueFull as exc:
             context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         except CollectorError as exc:
@@ -46,7 +51,7 @@ class _Base:
         return result.response(self.signal)
 
 
-class _Traces(_Base, trace_service_pb2_grpc.TraceServiceServicer):
+class _Traces(_Base):
     signal = "spans"
 
 
@@ -72,7 +77,23 @@ def start_grpc(
         cf.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="trace-ptune-grpc"),
         options=[("grpc.max_receive_message_length", max_message), ("grpc.so_reuseport", 0)],
     )
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_Traces(ingestor, token, accepting), server)
+    # TraceService/Export takes the serialized request as it came: the converter walks the bytes
+    # (as on the HTTP path) instead of gRPC parsing them into messages to be serialized again.
+    traces = _Traces(ingestor, token, accepting)
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "opentelemetry.proto.collector.trace.v1.TraceService",
+                {
+                    "Export": grpc.unary_unary_rpc_method_handler(
+                        traces.Export,
+                        request_deserializer=None,
+                        response_serializer=trace_service_pb2.ExportTraceServiceResponse.SerializeToString,
+                    )
+                },
+            ),
+        )
+    )
     metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(
         _Metrics(ingestor, token, accepting), server
     )

@@ -176,7 +176,9 @@ class Ingestor:
 
     def export_message(self, signal: str, msg: Any) -> ExportResult:
         """Store an already-parsed request message (the gRPC path)."""
-        return self._store(signal, self._conv.convert(signal, msg))
+        with self.store.converting(), self.store.cpu_gate:
+            batch = self._conv.convert(signal, msg)
+        return self._store(signal, batch)
 
     def _store(self, signal: str, batch: otlp.Batch) -> ExportResult:
         ticket = self.store.submit(batch, signal)
