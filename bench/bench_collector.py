@@ -139,6 +139,39 @@ def sender_main(args: argparse.Namespace) -> None:
     _time_workers(worker, args.connections, retries)
 
 
+def grpc_sender_main(args: argparse.Namespace) -> None:
+    """The same pre-encoded batches over OTLP/gRPC (TraceService/Export), N concurrent callers."""
+    import grpc
+
+    distinct = args.distinct or args.batches
+    bodies = [
+        make_batch(100_000 * args.seed + i, spans_per_trace=args.spans_per_trace) for i in range(distinct)
+    ]
+    todo = list(range(args.batches))
+    lock = threading.Lock()
+    retries = [0]
+    channel = grpc.insecure_channel(args.target)
+    export = channel.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export")
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if not todo:
+                    break
+                i = todo.pop()
+            while True:
+                try:
+                    export(bodies[i % len(bodies)], timeout=120)
+                    break
+                except grpc.RpcError as exc:
+                    if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                        raise
+                    retries[0] += 1
+                    time.sleep(0.2)
+
+    _time_workers(worker, args.connections, retries)
+
+
 def exporter_sender_main(args: argparse.Namespace) -> None:
     """The OpenTelemetry Python exporter path: SDK spans -> OTLPSpanExporter, 4 threads."""
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -302,14 +335,17 @@ def run_sender(target: str, batches: int, mode: str, seed: int = 0) -> dict:
 def bench_collector(tmp: Path, batches: int, workers: int, mode: str, walk: str = "native") -> dict:
     db = tmp / f"collector-{mode}-{workers}-{walk}.duckdb"
     env = dict(os.environ, TRACE_PTUNE_COLLECTOR_WALK=walk)
+    grpc_addr = "127.0.0.1:0" if mode == "grpc-sender" else "off"
     proc = subprocess.Popen(
         [sys.executable, "-m", "trace_ptune.cli.main", "collector", "run", "--db", str(db),
-         "--http", "127.0.0.1:0", "--grpc", "off", "--quiet", "--workers", str(workers)],
+         "--http", "127.0.0.1:0", "--grpc", grpc_addr, "--quiet", "--workers", str(workers)],
         stderr=subprocess.PIPE, env=env,
     )  # fmt: skip
     info = wait_side_file(db, proc)
     url = info["urls"]["http"]
     target = url.removeprefix("http://")
+    if mode == "grpc-sender":
+        target = info["urls"]["grpc"].removeprefix("grpc://").removeprefix("http://")
     time.sleep(2.0 if workers else 0.2)  # let worker processes finish importing
     # warm-up (attribute caches, worker start-up), not counted
     run_sender(target, 4, mode, seed=1)
@@ -455,6 +491,7 @@ SPANS_PER_TRACE = 1
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sender", action="store_true")
+    ap.add_argument("--grpc-sender", action="store_true")
     ap.add_argument("--exporter-sender", action="store_true")
     ap.add_argument("--anchor", action="store_true")
     ap.add_argument("--target")
@@ -485,6 +522,8 @@ def main() -> None:
     DISTINCT, SPANS_PER_TRACE = args.distinct, args.spans_per_trace
     if args.sender:
         return sender_main(args)
+    if args.grpc_sender:
+        return grpc_sender_main(args)
     if args.exporter_sender:
         return exporter_sender_main(args)
     if args.anchor:
@@ -498,6 +537,8 @@ def main() -> None:
             for w in [int(x) for x in args.workers.split(",")]:
                 results.append(bench_collector(tmp, args.batches, w, "sender", walk))
                 print(json.dumps(results[-1]), flush=True)
+        results.append(bench_collector(tmp, args.batches, 0, "grpc-sender"))
+        print(json.dumps(results[-1]), flush=True)
         results.append(bench_collector(tmp, args.exporter_batches, 0, "exporter-sender"))
         print(json.dumps(results[-1]), flush=True)
         for k in (1, 8) if args.bytes_batches else ():
