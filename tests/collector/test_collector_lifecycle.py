@@ -267,3 +267,19 @@ def test_a_file_that_is_not_duckdb_is_refused_as_db_and_left_untouched(tmp_path)
         assert "is not a DuckDB database" in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
     assert data.read_bytes() == before
+
+
+def test_self_metrics_report_commits_and_the_converter_in_use(make_collector):
+    import urllib.request
+
+    from trace_ptune.collector import otlp
+
+    c = make_collector(grpc=None)
+    for _ in range(3):
+        post(c.urls["http"] + "/v1/traces", span_request([{}, {}]).SerializeToString(), PB)
+    text = urllib.request.urlopen(c.urls["http"] + "/metrics").read().decode()
+    values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    assert values['trace_ptune_collector_accepted_total{signal="spans"}'] == "6"
+    assert 1 <= int(values["trace_ptune_collector_commit_seconds_count"]) <= 3
+    assert 0 < float(values["trace_ptune_collector_commit_seconds_sum"]) < 30
+    assert values["trace_ptune_collector_native_walk"] == str(int(otlp._native_walk() is not None))

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from trace_ptune import paths
+from trace_ptune.collector import otlp
 from trace_ptune.collector.http_server import CollectorHTTPServer, serve_in_thread
 from trace_ptune.collector.ingest import Ingestor
 from trace_ptune.collector.store import Store
@@ -275,6 +276,9 @@ class Collector:
             "# HELP trace_ptune_collector_commit_seconds_max Slowest commit so far.",
             "# TYPE trace_ptune_collector_commit_seconds_max gauge",
             f"trace_ptune_collector_commit_seconds_max {st.commit_seconds_max:.6f}",
+            "# HELP trace_ptune_collector_native_walk 1 when OTLP traces are converted by the C extension.",
+            "# TYPE trace_ptune_collector_native_walk gauge",
+            f"trace_ptune_collector_native_walk {int(otlp._native_walk() is not None)}",
             "# HELP trace_ptune_collector_db_bytes Size of the database file and its WAL.",
             "# TYPE trace_ptune_collector_db_bytes gauge",
             f"trace_ptune_collector_db_bytes {store.db_size()}",
