@@ -358,7 +358,8 @@ class Store:
                     nxt = self._queue.get_nowait()
                 except queue.Empty:
                     if rows >= self.group_min_rows or (
-                        not self._converting and time.monotonic() >= expect_until
+                        not self._converting
+                        and (len(writes) >= self._last_group or time.monotonic() >= expect_until)
                     ):
                         break
                     wait = linger_until - time.monotonic()
