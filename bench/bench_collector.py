@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,27 +106,34 @@ def _time_workers(worker, connections: int, retries: list[int]) -> None:
     print(json.dumps({"seconds": time.perf_counter() - t0, "retries": retries[0]}))
 
 
-def sender_main(args: argparse.Namespace) -> None:
-    """Post pre-encoded batches over N keep-alive connections; print JSON timing."""
-    host, port = args.target.split(":")
-    # Every batch distinct by default (unique response ids and token counts, as in production);
-    # --distinct N cycles N batches instead.
+def _send_queue(args: argparse.Namespace) -> Callable[[], bytes | None]:
+    """The pre-encoded bodies to send, one call per body (None when done), shared by threads.
+
+    Every batch is distinct by default (unique response ids and token counts, as in
+    production); --distinct N cycles N batches instead."""
     distinct = args.distinct or args.batches
     bodies = [
         make_batch(100_000 * args.seed + i, spans_per_trace=args.spans_per_trace) for i in range(distinct)
     ]
     todo = list(range(args.batches))
     lock = threading.Lock()
+
+    def next_body() -> bytes | None:
+        with lock:
+            return bodies[todo.pop() % len(bodies)] if todo else None
+
+    return next_body
+
+
+def sender_main(args: argparse.Namespace) -> None:
+    """Post pre-encoded batches over N keep-alive connections; print JSON timing."""
+    host, port = args.target.split(":")
+    next_body = _send_queue(args)
     retries = [0]
 
     def worker() -> None:
         conn = http.client.HTTPConnection(host, int(port), timeout=120)
-        while True:
-            with lock:
-                if not todo:
-                    break
-                i = todo.pop()
-            body = bodies[i % len(bodies)]
+        while (body := next_body()) is not None:
             while True:
                 conn.request("POST", "/v1/traces", body, {"Content-Type": "application/x-protobuf"})
                 resp = conn.getresponse()
@@ -143,25 +151,16 @@ def grpc_sender_main(args: argparse.Namespace) -> None:
     """The same pre-encoded batches over OTLP/gRPC (TraceService/Export), N concurrent callers."""
     import grpc
 
-    distinct = args.distinct or args.batches
-    bodies = [
-        make_batch(100_000 * args.seed + i, spans_per_trace=args.spans_per_trace) for i in range(distinct)
-    ]
-    todo = list(range(args.batches))
-    lock = threading.Lock()
+    next_body = _send_queue(args)
     retries = [0]
     channel = grpc.insecure_channel(args.target)
     export = channel.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export")
 
     def worker() -> None:
-        while True:
-            with lock:
-                if not todo:
-                    break
-                i = todo.pop()
+        while (body := next_body()) is not None:
             while True:
                 try:
-                    export(bodies[i % len(bodies)], timeout=120)
+                    export(body, timeout=120)
                     break
                 except grpc.RpcError as exc:
                     if exc.code() != grpc.StatusCode.UNAVAILABLE:
