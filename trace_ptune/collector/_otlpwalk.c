@@ -618,16 +618,17 @@ fail:
 static PyObject *S_SPAN, *S_SPAN_EVENT, *S_EMPTY, *S_EMPTY_OBJ, *S_EMPTY_LIST, *S_UNSPECIFIED, *S_UNSET;
 static PyObject *KINDS[6], *STATUSES[3];
 
+/* cache[key], or fill(key) on a miss (which fills the cache); a new reference. */
+static PyObject *cached(PyObject *cache, PyObject *key, PyObject *fill) {
+    PyObject *v = PyDict_GetItemWithError(cache, key);
+    if (v) return Py_NewRef(v);
+    return PyErr_Occurred() ? NULL : PyObject_CallOneArg(fill, key);
+}
+
 /* The fragment for one serialized KeyValue (new reference), and its promoted (index, value). */
 static PyObject *frag_of(Walk *w, PyObject *raw, PyObject **pv) {
-    PyObject *f = PyDict_GetItemWithError(w->frag, raw);
-    if (f) {
-        Py_INCREF(f);
-    } else {
-        if (PyErr_Occurred()) return NULL;
-        f = PyObject_CallOneArg(w->miss, raw);
-        if (!f) return NULL;
-    }
+    PyObject *f = cached(w->frag, raw, w->miss);
+    if (!f) return NULL;
     if (pv) {
         PyObject *pr = PyDict_GetItemWithError(w->prom, raw);
         if (pr) {
@@ -840,14 +841,8 @@ static int walk_event(Walk *w, Slice ev, SpanView *v, PyObject **trace_id, PyObj
     }
     key = PyTuple_Pack(2, name_s, raws);
     if (!key) goto done;
-    ent = PyDict_GetItemWithError(w->events, key);
-    if (ent) {
-        Py_INCREF(ent);
-    } else {
-        if (PyErr_Occurred()) goto done;
-        ent = PyObject_CallOneArg(w->event_fn, key);
-        if (!ent) goto done;
-    }
+    ent = cached(w->events, key, w->event_fn);
+    if (!ent) goto done;
     if (!PyTuple_Check(ent) || PyTuple_GET_SIZE(ent) != 2) {
         PyErr_SetString(PyExc_TypeError, "bad event cache entry");
         goto done;
