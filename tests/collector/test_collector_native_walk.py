@@ -199,7 +199,11 @@ def test_native_walk_equals_python_walk(seed):
         assert _same(a, b)
         native.convert_bytes(body, shared[0], native=True)
         python.convert_bytes(body, shared[1], native=False)
-    assert _same(_snapshot(shared[0]), _snapshot(shared[1]))
+    together = _snapshot(shared[0])
+    assert _same(together, _snapshot(shared[1]))
+    # the shared batch holds every request's spans, not only the last one's
+    alone = [otlp.TraceConverter().convert_bytes(body).freeze().counts.get("spans", 0) for body in bodies]
+    assert len(together["tables"].get("spans", [])) == sum(alone)
 
 
 def _outcome(conv: otlp.TraceConverter, body: bytes, native: bool):

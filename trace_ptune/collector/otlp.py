@@ -130,7 +130,7 @@ class Batch:
     """
 
     rows: dict[str, list[tuple]] = field(default_factory=dict)
-    columns: dict[str, tuple[list[Any], int]] = field(default_factory=dict)
+    columns: dict[str, list[tuple[list[Any], int]]] = field(default_factory=dict)  # name -> chunks
     tables: dict[str, Any] = field(default_factory=dict)  # name -> pyarrow.Table (after freeze)
     counts: dict[str, int] = field(default_factory=dict)  # name -> rows (after freeze)
     adapters: dict[str, list] = field(default_factory=dict)  # hash -> ADAPTER_COLUMNS values
@@ -147,13 +147,15 @@ class Batch:
         return rows
 
     def add_columns(self, name: str, cols: list[Any], n: int) -> None:
-        self.columns[name] = (cols, n)
+        """Add ``n`` rows as columns (one chunk per converted request)."""
+        self.columns.setdefault(name, []).append((cols, n))
 
     @property
     def size(self) -> int:
         if self.counts:
             return sum(self.counts.values())
-        return sum(len(r) for r in self.rows.values()) + sum(n for _, n in self.columns.values())
+        chunked = sum(n for chunks in self.columns.values() for _, n in chunks)
+        return sum(len(r) for r in self.rows.values()) + chunked
 
     def freeze(self) -> Batch:
         """Build the Arrow tables (row tuples when pyarrow is missing); return ``self``."""
@@ -167,15 +169,18 @@ class Batch:
                 self.counts[name] = len(rows)
                 if pa is not None:
                     self.tables[name] = _arrow_table(name, list(zip(*rows, strict=True)), len(rows))
-        for name, (cols, n) in self.columns.items():
-            if not n:
+        for name, chunks in self.columns.items():
+            chunks = [(cols, n) for cols, n in chunks if n]
+            if not chunks:
                 continue
-            self.counts[name] = n
+            self.counts[name] = sum(n for _, n in chunks)
             if pa is not None:
-                self.tables[name] = _arrow_table(name, cols, n)
+                parts = [_arrow_table(name, cols, n) for cols, n in chunks]
+                self.tables[name] = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
             else:  # pragma: no cover - without pyarrow
-                full = [c.expand() if isinstance(c, _Runs) else c for c in cols]
-                self.table(name).extend(zip(*full, strict=True))
+                for cols, _ in chunks:
+                    full = [c.expand() if isinstance(c, _Runs) else c for c in cols]
+                    self.table(name).extend(zip(*full, strict=True))
         if pa is not None:
             self.rows = {}
         self.columns = {}
