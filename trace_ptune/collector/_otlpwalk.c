@@ -210,7 +210,7 @@ static int buf_put_str(Buf *buf, PyObject *str) {
  * Span columns are built as Arrow buffers (UTF-8 data + int32 offsets, or int64 values, and a
  * validity bitmap), which Python wraps without copying (pyarrow.Array.from_buffers). */
 
-enum { COL_STR = 0, COL_I64 = 1 };
+enum { COL_STR = 0, COL_I64 = 1, COL_F64 = 2 };
 
 typedef struct {
     int kind;
@@ -284,9 +284,17 @@ static int col_i64(Column *c, int64_t v) {
     return 0;
 }
 
-/* A cached promoted value: None, a str (string column) or an int (int64 column). */
+/* A value from Python: None, a str (string column), an int (int64) or a float (float64). */
 static int col_obj(Column *c, PyObject *o) {
     if (!o || o == Py_None) return col_null(c);
+    if (c->kind == COL_F64) {
+        double d = PyFloat_AsDouble(o);
+        if (d == -1.0 && PyErr_Occurred()) return -1;
+        if (col_grow(c) < 0 || buf_put(&c->data, (const char *)&d, 8) < 0) return -1;
+        if (c->valid) c->valid[c->n] = 1;
+        c->n++;
+        return 0;
+    }
     if (c->kind == COL_STR) {
         if (!PyUnicode_Check(o)) {
             PyErr_SetString(PyExc_TypeError, "a promoted string column got a non-str value");
@@ -509,7 +517,8 @@ static int json_double(Buf *b, double d) {
 
 /* ------------------------------------------------------------------ the walk */
 
-#define N_ROW 13 /* per-span columns before the promoted values */
+#define N_ROW 13  /* per-span columns before the promoted values */
+#define N_EVAL 18 /* columns of the evaluations table */
 
 typedef struct {
     /* callbacks and caches (borrowed) */
@@ -524,7 +533,7 @@ typedef struct {
     int iso_ok;
     /* output (owned) */
     Column cols[N_ROW + 64]; /* N_ROW + n_out_pv span columns */
-    PyObject *eval_rows; /* list of tuples */
+    Column ecols[N_EVAL]; /* the evaluations table's columns */
     PyObject *eval_spans;
     PyObject *seen; /* adapter hash -> identity tuple */
     Py_ssize_t n_rows, rejected;
@@ -797,6 +806,17 @@ static int reject(Walk *w, Slice name, const char *what) {
     return 0;
 }
 
+/* An evaluations row built in Python (a tuple in EVAL_COLUMNS order) into the columns. */
+static int eval_row_tuple(Walk *w, PyObject *row) {
+    if (!PyTuple_Check(row) || PyTuple_GET_SIZE(row) != N_EVAL) {
+        PyErr_SetString(PyExc_TypeError, "an evaluation row must be a tuple of the table's columns");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < N_EVAL; i++)
+        if (col_obj(&w->ecols[i], PyTuple_GET_ITEM(row, i)) < 0) return -1;
+    return 0;
+}
+
 /* The span's hex ids as str (made once, when an evaluation row needs them). */
 static int span_ids(SpanView *v, PyObject **trace_id, PyObject **span_id) {
     if (!*trace_id && !(*trace_id = hex_str(v->tid))) return -1;
@@ -805,7 +825,7 @@ static int span_ids(SpanView *v, PyObject **trace_id, PyObject **span_id) {
 }
 
 /* One event: appends its JSON to the Events column's open row and, for an evaluation result,
- * its row to eval_rows. */
+ * its row to the evaluation columns. */
 static int walk_event(Walk *w, Slice ev, SpanView *v, PyObject **trace_id, PyObject **span_id, PyObject **pv,
                       PyObject *service) {
     Buf *out = &w->cols[11].data;
@@ -869,37 +889,37 @@ static int walk_event(Walk *w, Slice ev, SpanView *v, PyObject **trace_id, PyObj
 
     PyObject *score = PyTuple_GET_ITEM(ent, 1);
     if (score != Py_None) {
-        if (span_ids(v, trace_id, span_id) < 0) goto done;
         uint64_t ts = (et ? et : v->end) / 1000;
-        PyObject *row;
-        if (score == w->complex_marker) {
+        if (score == w->complex_marker) { /* extra attributes: the Python row builder */
+            if (span_ids(v, trace_id, span_id) < 0) goto done;
             PyObject *attrs = kv_dict(w, &w->eattrs);
             PyObject *pvl = attrs ? pv_list(w, pv) : NULL;
             PyObject *tso = pvl ? PyLong_FromUnsignedLongLong(ts) : NULL;
-            row = tso ? PyObject_CallFunctionObjArgs(w->eval_row_fn, tso, *trace_id, *span_id, Py_None,
-                                                     S_SPAN_EVENT, attrs, pvl, service, NULL)
-                      : NULL;
+            PyObject *row = tso ? PyObject_CallFunctionObjArgs(w->eval_row_fn, tso, *trace_id, *span_id, Py_None,
+                                                               S_SPAN_EVENT, attrs, pvl, service, NULL)
+                                : NULL;
             Py_XDECREF(attrs);
             Py_XDECREF(pvl);
             Py_XDECREF(tso);
-        } else {
+            int e = !row || eval_row_tuple(w, row) < 0;
+            Py_XDECREF(row);
+            if (e) goto done;
+        } else { /* name, score, label, explanation from the event cache; the rest from the span */
             if (!PyTuple_Check(score) || PyTuple_GET_SIZE(score) != 4) {
                 PyErr_SetString(PyExc_TypeError, "bad evaluation cache entry");
                 goto done;
             }
-            PyObject *tso = PyLong_FromUnsignedLongLong(ts);
-            row = tso ? PyTuple_Pack(18, tso, *trace_id, *span_id, Py_None, S_SPAN_EVENT,
-                                     PyTuple_GET_ITEM(score, 0), PyTuple_GET_ITEM(score, 1),
-                                     PyTuple_GET_ITEM(score, 2), PyTuple_GET_ITEM(score, 3), pvv(pv, 10),
-                                     pvv(pv, 0), pvv(pv, 1), pvv(pv, 3), pvv(pv, 4), pvv(pv, 5), pvv(pv, 7),
-                                     service, S_EMPTY_OBJ)
-                      : NULL;
-            Py_XDECREF(tso);
+            Column *e = w->ecols;
+            if (col_i64(&e[0], (int64_t)ts) < 0 || col_hex(&e[1], v->tid) < 0 || col_hex(&e[2], v->sid) < 0 ||
+                col_null(&e[3]) < 0 || col_obj(&e[4], S_SPAN_EVENT) < 0)
+                goto done;
+            for (int k = 0; k < 4; k++)
+                if (col_obj(&e[5 + k], PyTuple_GET_ITEM(score, k)) < 0) goto done;
+            static const int from_pv[7] = {10, 0, 1, 3, 4, 5, 7}; /* response_id, identity columns */
+            for (int k = 0; k < 7; k++)
+                if (col_obj(&e[9 + k], pv[from_pv[k]]) < 0) goto done;
+            if (col_obj(&e[16], service) < 0 || col_obj(&e[17], S_EMPTY_OBJ) < 0) goto done;
         }
-        if (!row) goto done;
-        int a = PyList_Append(w->eval_rows, row);
-        Py_DECREF(row);
-        if (a < 0) goto done;
     }
     rc = 0;
 done:
@@ -1046,11 +1066,11 @@ static int walk_span(Walk *w, Slice s, PyObject *service) {
         PyObject *attrs = parent ? kv_dict(w, &w->attrs) : NULL;
         PyObject *pvl = attrs ? pv_list(w, pv) : NULL;
         PyObject *ts = pvl ? PyLong_FromUnsignedLongLong(start_us) : NULL;
-        PyObject *pair = ts ? Py_BuildValue("(nO)", PyList_GET_SIZE(w->eval_rows), parent) : NULL;
+        PyObject *pair = ts ? Py_BuildValue("(nO)", w->ecols[0].n, parent) : NULL;
         PyObject *row = pair ? PyObject_CallFunctionObjArgs(w->eval_row_fn, ts, trace_id, parent, span_id,
                                                             S_SPAN, attrs, pvl, service, NULL)
                              : NULL;
-        int e = !row || PyList_Append(w->eval_spans, pair) < 0 || PyList_Append(w->eval_rows, row) < 0;
+        int e = !row || PyList_Append(w->eval_spans, pair) < 0 || eval_row_tuple(w, row) < 0;
         Py_XDECREF(parent);
         Py_XDECREF(attrs);
         Py_XDECREF(pvl);
@@ -1086,9 +1106,11 @@ static int parse_scope(Slice s, Slice *name, Slice *version) {
 
 /* walk(body, frag, prom, kv, miss, events, event_fn, resource_fn, links_fn, eval_row_fn, note_fn,
  *      adapters, complex_marker, n_pv, n_out_pv, eval_name_idx, kinds, promoted_keys, promoted_kinds)
- * -> (columns, groups, eval_rows, eval_spans, rejected, bad_reason)
+ * -> (columns, groups, eval_columns, eval_spans, rejected, bad_reason)
  * kinds: b"s" (string) or b"i" (int64) per span column (N_ROW + n_out_pv);
  * promoted_keys / promoted_kinds: the n_pv promoted attribute keys and b"s"/b"i" for each;
+ * eval_kinds: b"s", b"i" or b"f" (float64) per evaluations column; eval_columns like columns;
+ * eval_spans: (index of the row in eval_columns, scored span id) of child-span evaluations;
  * columns: (kind, n, data, offsets, validity, null count) per span column, Arrow layout;
  * groups: (service, resource_json, scope_name, scope_version, n_rows) per scope with rows. */
 static PyObject *walk(PyObject *Py_UNUSED(self), PyObject *args) {
@@ -1100,11 +1122,28 @@ static PyObject *walk(PyObject *Py_UNUSED(self), PyObject *args) {
     memset(&w, 0, sizeof(w));
     PyObject *prom_keys;
     Py_ssize_t n_prom_kinds;
-    if (!PyArg_ParseTuple(args, "y*OOOOOOOOOOOOnnny#O!y#", &body, &w.frag, &w.prom, &w.kv, &w.miss, &w.events,
-                          &w.event_fn, &resource_fn, &w.links_fn, &w.eval_row_fn, &w.note_fn, &w.adapters,
-                          &w.complex_marker, &w.n_pv, &w.n_out_pv, &w.eval_name_idx, &kinds, &n_kinds,
-                          &PyTuple_Type, &prom_keys, &w.prom_kind, &n_prom_kinds))
+    const char *eval_kinds;
+    Py_ssize_t n_eval_kinds;
+    if (!PyArg_ParseTuple(args, "y*OOOOOOOOOOOOnnny#O!y#y#", &body, &w.frag, &w.prom, &w.kv, &w.miss,
+                          &w.events, &w.event_fn, &resource_fn, &w.links_fn, &w.eval_row_fn, &w.note_fn,
+                          &w.adapters, &w.complex_marker, &w.n_pv, &w.n_out_pv, &w.eval_name_idx, &kinds,
+                          &n_kinds, &PyTuple_Type, &prom_keys, &w.prom_kind, &n_prom_kinds, &eval_kinds,
+                          &n_eval_kinds))
         return NULL;
+    if (n_eval_kinds != N_EVAL) {
+        PyBuffer_Release(&body);
+        PyErr_SetString(PyExc_TypeError, "walk(): bad evaluation column kinds");
+        return NULL;
+    }
+    for (int i = 0; i < N_EVAL; i++) {
+        char k = eval_kinds[i];
+        if (k != 's' && k != 'i' && k != 'f') {
+            PyBuffer_Release(&body);
+            PyErr_SetString(PyExc_TypeError, "walk(): bad evaluation column kinds");
+            return NULL;
+        }
+        w.ecols[i].kind = k == 's' ? COL_STR : k == 'i' ? COL_I64 : COL_F64;
+    }
     if (w.n_pv > 64 || PyTuple_GET_SIZE(prom_keys) != w.n_pv || n_prom_kinds != w.n_pv) {
         PyBuffer_Release(&body);
         PyErr_SetString(PyExc_TypeError, "walk(): bad promoted keys");
@@ -1119,7 +1158,7 @@ static PyObject *walk(PyObject *Py_UNUSED(self), PyObject *args) {
             return NULL;
         }
     }
-    PyObject *result = NULL, *groups = NULL, *cols = NULL;
+    PyObject *result = NULL, *groups = NULL, *cols = NULL, *ecols = NULL;
     Py_ssize_t n_cols = N_ROW + w.n_out_pv;
     if (w.n_pv > 64 || w.n_out_pv < 0 || w.n_out_pv > w.n_pv || w.eval_name_idx < 0 ||
         w.eval_name_idx >= w.n_pv || w.n_pv < 19 || n_kinds != n_cols || !PyDict_Check(w.frag) ||
@@ -1135,11 +1174,10 @@ static PyObject *walk(PyObject *Py_UNUSED(self), PyObject *args) {
         }
         w.cols[i].kind = kinds[i] == 's' ? COL_STR : COL_I64;
     }
-    w.eval_rows = PyList_New(0);
     w.eval_spans = PyList_New(0);
     w.seen = PyDict_New();
     groups = PyList_New(0);
-    if (!w.eval_rows || !w.eval_spans || !w.seen || !groups) goto out;
+    if (!w.eval_spans || !w.seen || !groups) goto out;
     w.bad_reason = Py_NewRef(S_EMPTY);
 
     const uint8_t *p = body.buf, *end = p + body.len;
@@ -1235,12 +1273,20 @@ static PyObject *walk(PyObject *Py_UNUSED(self), PyObject *args) {
         if (!col) goto out;
         PyList_SET_ITEM(cols, i, col);
     }
-    result = Py_BuildValue("(OOOOnO)", cols, groups, w.eval_rows, w.eval_spans, w.rejected, w.bad_reason);
+    ecols = PyList_New(N_EVAL);
+    if (!ecols) goto out;
+    for (Py_ssize_t i = 0; i < N_EVAL; i++) {
+        PyObject *col = col_take(&w.ecols[i]);
+        if (!col) goto out;
+        PyList_SET_ITEM(ecols, i, col);
+    }
+    result = Py_BuildValue("(OOOOnO)", cols, groups, ecols, w.eval_spans, w.rejected, w.bad_reason);
 out:
     PyBuffer_Release(&body);
     for (Py_ssize_t i = 0; i < N_ROW + 64; i++) col_free(&w.cols[i]);
+    for (Py_ssize_t i = 0; i < N_EVAL; i++) col_free(&w.ecols[i]);
     Py_XDECREF(cols);
-    Py_XDECREF(w.eval_rows);
+    Py_XDECREF(ecols);
     Py_XDECREF(w.eval_spans);
     Py_XDECREF(w.seen);
     Py_XDECREF(w.bad_reason);

@@ -162,25 +162,35 @@ class Batch:
         if self.counts:
             return self
         evals = self.rows.get(semconv.TABLE_EVALUATIONS)
-        if evals:
+        if evals and pa is None:  # pragma: no cover - without pyarrow
             self.eval_min_ts = min(r[0] for r in evals)
+        parts: dict[str, list[Any]] = {}
+        if pa is None:  # pragma: no cover - without pyarrow: everything as row tuples
+            for name, chunks in self.columns.items():
+                for cols, n in chunks:
+                    if n:
+                        full = [c.expand() if isinstance(c, _Runs) else c for c in cols]
+                        self.table(name).extend(zip(*full, strict=True))
+        else:
+            for name, chunks in self.columns.items():
+                for cols, n in chunks:
+                    if n:
+                        parts.setdefault(name, []).append(_arrow_table(name, cols, n))
         for name, rows in self.rows.items():
-            if rows:
+            if rows and pa is not None:
+                parts.setdefault(name, []).append(
+                    _arrow_table(name, list(zip(*rows, strict=True)), len(rows))
+                )
+            elif rows:  # pragma: no cover - without pyarrow
                 self.counts[name] = len(rows)
-                if pa is not None:
-                    self.tables[name] = _arrow_table(name, list(zip(*rows, strict=True)), len(rows))
-        for name, chunks in self.columns.items():
-            chunks = [(cols, n) for cols, n in chunks if n]
-            if not chunks:
-                continue
-            self.counts[name] = sum(n for _, n in chunks)
-            if pa is not None:
-                parts = [_arrow_table(name, cols, n) for cols, n in chunks]
-                self.tables[name] = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
-            else:  # pragma: no cover - without pyarrow
-                for cols, _ in chunks:
-                    full = [c.expand() if isinstance(c, _Runs) else c for c in cols]
-                    self.table(name).extend(zip(*full, strict=True))
+        for name, tables in parts.items():
+            self.tables[name] = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+            self.counts[name] = sum(t.num_rows for t in tables)
+        if semconv.TABLE_EVALUATIONS in self.tables:
+            import pyarrow.compute as pc
+
+            ts = self.tables[semconv.TABLE_EVALUATIONS].column("Timestamp").cast(pa.int64())
+            self.eval_min_ts = pc.min(ts).as_py()
         if pa is not None:
             self.rows = {}
         self.columns = {}
@@ -529,6 +539,20 @@ _WALK_KINDS = b"".join(
     b"i" if COLUMN_KINDS[semconv.TABLE_SPANS].get(c) in ("ts", "int") else b"s" for c in _WALK_COLUMNS
 )
 _WALK_TYPES: list[Any] = []
+_EVAL_KINDS = b"".join(
+    {"ts": b"i", "int": b"i", "float": b"f"}.get(COLUMN_KINDS[semconv.TABLE_EVALUATIONS].get(c, ""), b"s")
+    for c in EVAL_COLUMNS
+)
+_EVAL_TYPES: list[Any] = []
+
+
+def _eval_types() -> list[Any]:
+    if not _EVAL_TYPES:
+        kinds = COLUMN_KINDS[semconv.TABLE_EVALUATIONS]
+        _EVAL_TYPES.extend(_arrow_type(kinds.get(c, "text")) for c in EVAL_COLUMNS)
+    return _EVAL_TYPES
+
+
 _PROMOTED_KEYS = tuple(_PROMOTED_INDEX)  # in index order
 _PROMOTED_KINDS = b"".join(b"i" if k in _INT_PROMOTED else b"s" for k in _PROMOTED_KEYS)
 
@@ -625,10 +649,12 @@ class TraceConverter:
                 body, cache.frag, cache.prom, cache.kv, cache.miss, self._events, self._event,
                 self._resource, _links_json, _eval_row, _note_adapter, batch.adapters, _COMPLEX,
                 _N_PV, len(_PROMOTED), _EVAL_NAME_INDEX, _WALK_KINDS, _PROMOTED_KEYS, _PROMOTED_KINDS,
+                _EVAL_KINDS,
             )  # fmt: skip
         except ValueError as exc:  # the wire format (callbacks raise MalformedPayload themselves)
             raise MalformedPayload(f"the body is not a valid OTLP spans protobuf message: {exc}") from None
         cols = [_from_buffers(spec, typ) for spec, typ in zip(cols, _walk_types(), strict=True)]
+        eval_rows = [_from_buffers(spec, typ) for spec, typ in zip(eval_rows, _eval_types(), strict=True)]
         runs = [_Runs() for _ in _SPAN_RUN_COLUMNS]
         for group in groups:
             for col, value in zip(runs, group[:4], strict=True):
@@ -784,6 +810,15 @@ class TraceConverter:
         bad_reason: str,
     ) -> Batch:
         n = len(cols[0]) if cols else 0
+        eval_cols: list[Any] = []
+        if eval_rows and pa is not None and isinstance(eval_rows[0], pa.Array):  # the C walk's columns
+            n_eval = len(eval_rows[0])
+            if n_eval and not eval_spans:  # nothing to fill: the columns go to the batch as they are
+                eval_cols, eval_rows = eval_rows, []
+            else:  # rare (evaluations sent as child spans): fill them row by row below
+                ts = eval_rows[0].cast(pa.int64())  # rows keep timestamps as µs integers
+                columns = [ts, *eval_rows[1:]]
+                eval_rows = list(zip(*(a.to_pylist() for a in columns), strict=True)) if n_eval else []
         if eval_spans and n:
             # Child-span encoding: the scored span is the parent; fill from it when it is in this batch.
             if pa is not None and isinstance(cols[2], pa.Array):
@@ -798,6 +833,8 @@ class TraceConverter:
             by_name.update(zip(_SPAN_RUN_COLUMNS, runs, strict=True))
             by_name.update(zip(_PROMOTED_COLUMNS, cols[len(_SPAN_ROW_COLUMNS) :], strict=False))
             batch.add_columns(semconv.TABLE_SPANS, [by_name[c] for c in SPAN_COLUMNS], n)
+        if eval_cols:
+            batch.add_columns(semconv.TABLE_EVALUATIONS, eval_cols, len(eval_cols[0]))
         if eval_rows:
             batch.table(semconv.TABLE_EVALUATIONS).extend(eval_rows)
             # Span events score the span that carries them: already filled, nothing to wait for.
