@@ -344,6 +344,21 @@ static PyObject *col_take(Column *c) {
     return out;
 }
 
+/* A list of col_take() of n columns. */
+static PyObject *cols_take(Column *c, Py_ssize_t n) {
+    PyObject *out = PyList_New(n);
+    if (!out) return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *col = col_take(&c[i]);
+        if (!col) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, col);
+    }
+    return out;
+}
+
 static void col_free(Column *c) {
     PyMem_Free(c->data.b);
     PyMem_Free(c->offsets);
@@ -1266,20 +1281,9 @@ static PyObject *walk(PyObject *Py_UNUSED(self), PyObject *args) {
         if (failed || r2 < 0) goto out;
     }
     if (r < 0) goto out;
-    cols = PyList_New(n_cols);
-    if (!cols) goto out;
-    for (Py_ssize_t i = 0; i < n_cols; i++) {
-        PyObject *col = col_take(&w.cols[i]);
-        if (!col) goto out;
-        PyList_SET_ITEM(cols, i, col);
-    }
-    ecols = PyList_New(N_EVAL);
+    cols = cols_take(w.cols, n_cols);
+    ecols = cols ? cols_take(w.ecols, N_EVAL) : NULL;
     if (!ecols) goto out;
-    for (Py_ssize_t i = 0; i < N_EVAL; i++) {
-        PyObject *col = col_take(&w.ecols[i]);
-        if (!col) goto out;
-        PyList_SET_ITEM(ecols, i, col);
-    }
     result = Py_BuildValue("(OOOOnO)", cols, groups, ecols, w.eval_spans, w.rejected, w.bad_reason);
 out:
     PyBuffer_Release(&body);
