@@ -11,6 +11,7 @@ import threading
 import time
 
 import httpx
+import pytest
 
 
 def _free_port() -> int:
@@ -19,11 +20,12 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_sigterm_finishes_in_flight_requests_then_exits(tmp_path, tmp_home):
+@pytest.mark.parametrize("where", ["--engine-process", "--in-process"])
+def test_sigterm_finishes_in_flight_requests_then_exits(tmp_path, tmp_home, where):
     keys = tmp_path / "keys.json"
     keys.write_text('{"sk-acme": "acme"}')
     port = _free_port()
-    command = [sys.executable, "-m", "trace_ptune.cli.main", "serve", "--model", "tiny-random",
+    command = [sys.executable, "-m", "trace_ptune.cli.main", "serve", "--model", "tiny-random", where,
                "--port", str(port), "--api-keys", str(keys), "--torch-threads", "1", "--log-level", "warning"]  # fmt: skip
     proc = subprocess.Popen(
         command, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -63,6 +65,7 @@ def test_sigterm_finishes_in_flight_requests_then_exits(tmp_path, tmp_home):
         assert proc.wait(60) == 0
         _, stderr = proc.communicate()
         assert "serving tiny-random" in stderr
+        assert ("engine process" if where == "--engine-process" else "in process") in stderr
     finally:
         if proc.poll() is None:
             proc.kill()
