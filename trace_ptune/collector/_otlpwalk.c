@@ -639,7 +639,7 @@ fail:
 }
 
 
-static PyObject *S_SPAN, *S_SPAN_EVENT, *S_EMPTY, *S_EMPTY_OBJ, *S_EMPTY_LIST, *S_UNSPECIFIED, *S_UNSET;
+static PyObject *S_SPAN, *S_SPAN_EVENT, *S_EMPTY, *S_EMPTY_OBJ, *S_UNSPECIFIED, *S_UNSET;
 static PyObject *KINDS[6], *STATUSES[3];
 
 /* cache[key], or fill(key) on a miss (which fills the cache); a new reference. */
@@ -1007,7 +1007,7 @@ static int walk_span(Walk *w, Slice s, PyObject *service) {
 
     int rc = -1;
     PyObject *pv[64] = {0};
-    PyObject *trace_id = NULL, *span_id = NULL, *raws = NULL;
+    PyObject *trace_id = NULL, *span_id = NULL;
     Column *c = w->cols;
     int has_parent = v.psid.n && !all_zero(v.psid);
     uint64_t start_us = v.start / 1000;
@@ -1021,8 +1021,6 @@ static int walk_span(Walk *w, Slice s, PyObject *service) {
     /* attributes: JSON from cached fragments, promoted values */
     Column *ac = &c[7];
     if (col_grow(ac) < 0 || buf_put(&ac->data, "{", 1) < 0) goto done;
-    raws = PyList_New(w->attrs.n);
-    if (!raws) goto done;
     for (Py_ssize_t i = 0; i < w->attrs.n; i++) {
         if (i && buf_put(&ac->data, ",", 1) < 0) goto done;
         Py_ssize_t mark = ac->data.n;
@@ -1032,8 +1030,8 @@ static int walk_span(Walk *w, Slice s, PyObject *service) {
         ac->data.n = mark; /* the Python cache converts this one */
         PyObject *raw = PyBytes_FromStringAndSize((const char *)w->attrs.v[i].p, w->attrs.v[i].n);
         if (!raw) goto done;
-        PyList_SET_ITEM(raws, i, raw);
         PyObject *f = frag_of(w, raw, pv);
+        Py_DECREF(raw);
         if (!f) goto done;
         int e = buf_put_str(&ac->data, f) < 0;
         Py_DECREF(f);
@@ -1100,7 +1098,6 @@ done:
     for (Py_ssize_t i = 0; i < w->n_pv; i++) Py_XDECREF(pv[i]);
     Py_XDECREF(trace_id);
     Py_XDECREF(span_id);
-    Py_XDECREF(raws);
     return rc;
 }
 
@@ -1322,8 +1319,7 @@ PyMODINIT_FUNC PyInit__otlpwalk(void) {
     S_UNSET = STATUSES[0];
     if (!(S_SPAN = PyUnicode_InternFromString("span")) ||
         !(S_SPAN_EVENT = PyUnicode_InternFromString("span_event")) ||
-        !(S_EMPTY = PyUnicode_InternFromString("")) || !(S_EMPTY_OBJ = PyUnicode_InternFromString("{}")) ||
-        !(S_EMPTY_LIST = PyUnicode_InternFromString("[]")))
+        !(S_EMPTY = PyUnicode_InternFromString("")) || !(S_EMPTY_OBJ = PyUnicode_InternFromString("{}")))
         return NULL;
     return PyModule_Create(&module);
 }

@@ -282,7 +282,7 @@ async def _generate(request: Request, kind: oa.Kind) -> Response:
         except RuntimeError as exc:  # shutting down, or the engine process is gone
             raise oa.RequestError(503, f"{str(exc).capitalize()}; retry on another instance.") from None
         if parsed.stream:
-            return await _stream_response(parsed, route, work, request_id, headers, state.scheduler)
+            return await _stream_response(parsed, route, work, request_id, headers, request)
         return await _full_response(parsed, route, work, request_id, headers, request)
     except oa.RequestError as exc:
         return _error_response(exc, headers)
@@ -347,9 +347,13 @@ async def _until_disconnect(request: Request) -> None:
 
 
 async def _full_response(
-    parsed: oa.ParsedRequest, route: Route, work: Work, request_id: str, headers: dict[str, str],
+    parsed: oa.ParsedRequest,
+    route: Route,
+    work: Work,
+    request_id: str,
+    headers: dict[str, str],
     request: Request,
-) -> Response:  # fmt: skip
+) -> Response:
     results: dict[int, GenerationResult] = {}
     gone = asyncio.ensure_future(_until_disconnect(request))
     try:
@@ -381,9 +385,13 @@ def _openai_id(parsed: oa.ParsedRequest, request_id: str) -> str:
 
 
 async def _stream_response(
-    parsed: oa.ParsedRequest, route: Route, work: Work, request_id: str, headers: dict[str, str],
-    scheduler: Any,
-) -> Response:  # fmt: skip
+    parsed: oa.ParsedRequest,
+    route: Route,
+    work: Work,
+    request_id: str,
+    headers: dict[str, str],
+    request: Request,
+) -> Response:
     # Refusals (a prompt too long for the context...) come with the first step: answer them
     # with a plain error status rather than a stream that fails at once.
     first = await work.events.get()
@@ -400,7 +408,7 @@ async def _stream_response(
                 yield chunk
         finally:
             if len(finished) < len(work.requests):  # the client disconnected mid-stream
-                scheduler.cancel(work)
+                _server(request).scheduler.cancel(work)
 
     async def chunks(finished: dict[int, GenerationResult]) -> AsyncIterator[bytes]:
         pending: list[Delta | Done] | None = first
