@@ -177,7 +177,8 @@ def test_psql_reads_while_refusing_writes(loaded):
     assert out.returncode == 0 and "main|trace-ptune" in out.stdout, out.stderr
     # \d TABLE reads pg_class columns DuckDB lacks: a clean error, and DESCRIBE answers instead.
     out = subprocess.run([*base, "-c", r"\d spans"], capture_output=True, text=True, env=env, timeout=30)
-    assert out.returncode in (0, 1)
+    answered = out.returncode == 0 and "Timestamp" in out.stdout
+    assert answered or (out.returncode == 1 and "ERROR:" in out.stderr), (out.returncode, out.stderr)
     out = subprocess.run([*base, "-c", "DESCRIBE spans"], capture_output=True, text=True, env=env, timeout=30)
     assert out.returncode == 0 and out.stdout.startswith("Timestamp|TIMESTAMP|"), out.stderr
     out = subprocess.run([*base, "-c", "SELECT 1"], capture_output=True, text=True, env=env, timeout=30)
