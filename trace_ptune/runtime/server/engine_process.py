@@ -226,8 +226,13 @@ class RemoteScheduler:
             works = list(self._works.values())
             self._works.clear()
         for work, _ in works:
-            result = GenerationResult(error=f"generation failed: {reason}", error_type="EngineProcessError")
-            work.post([Done(i, result) for i in range(len(work.requests))])
+            work.post(_failed(len(work.requests), reason))
+
+
+def _failed(rows: int, reason: Any) -> list[Done]:
+    """Every row of a work ended with an error the engine process could not avoid."""
+    result = GenerationResult(error=f"generation failed: {reason}", error_type="EngineProcessError")
+    return [Done(i, result) for i in range(rows)]
 
 
 class _PipeWork(Work):
@@ -310,9 +315,8 @@ def _engine_main(conn: Any, spec: EngineSpec) -> None:
             try:
                 scheduler.submit(_PipeWork(work_id, rows, parent, stream, send, live))
             except RuntimeError as exc:
-                result = GenerationResult(error=f"generation failed: {exc}", error_type="EngineProcessError")
                 with contextlib.suppress(OSError, ValueError):
-                    send(("events", work_id, [Done(i, result) for i in range(len(rows))]))
+                    send(("events", work_id, _failed(len(rows), exc)))
         elif kind == "cancel":
             work = live.get(msg[1])
             if work is not None:
