@@ -2,17 +2,18 @@
 
 Shared by the HTTP and gRPC receivers. ``Ingestor.export`` returns only after the rows are
 committed, so a receiver that acknowledges after it returns never acknowledges lost data.
-With ``workers > 0`` decoding and conversion run in worker processes (the GIL-bound part of
-ingestion), and the single writer only inserts.
+With ``workers > 0`` decoding and conversion run in worker processes fed over pipes (the
+request's body goes out, Arrow IPC streams come back and are read in place), so conversions run
+on other cores beside the single writer instead of taking turns with it.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import concurrent.futures as cf
 import json
 import multiprocessing
+import queue
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -134,14 +135,159 @@ class _Converters:
         return self.convert(signal, decode(signal, body, fmt))
 
 
-_WORKER: _Converters | None = None
+class _WorkerDied(CollectorError):
+    """A conversion worker process exited; the request is answered with a retryable error."""
 
 
-def _worker_convert(signal: str, body: bytes, fmt: str) -> otlp.Batch:
-    global _WORKER
-    if _WORKER is None:
-        _WORKER = _Converters()
-    return _WORKER.convert_body(signal, body, fmt)
+def _worker_main(conn: Any) -> None:  # pragma: no cover - runs in the worker process
+    """A conversion worker: (signal, fmt) + body in; a batch's fields + one Arrow IPC stream per
+    table out, or ("bad" | "error", message). Ends when the pipe closes."""
+    import pickle
+    import signal as _signal
+
+    import pyarrow as pa
+
+    _signal.signal(_signal.SIGINT, _signal.SIG_IGN)  # the collector decides when workers stop
+    conv = _Converters()
+    while True:
+        try:
+            head = conn.recv_bytes()
+            body = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        signal, fmt = pickle.loads(head)
+        try:
+            batch = conv.convert_body(signal, body, fmt)
+        except BadPayload as exc:
+            conn.send_bytes(pickle.dumps(("bad", str(exc))))
+            continue
+        except Exception as exc:  # a converter bug must not kill the worker
+            conn.send_bytes(pickle.dumps(("error", f"{type(exc).__name__}: {exc}")))
+            continue
+        streams = []
+        for tbl in batch.tables.values():
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, tbl.schema) as writer:
+                writer.write_table(tbl)
+            streams.append(sink.getvalue())
+        fields = (
+            list(batch.tables),
+            batch.counts,
+            batch.adapters,
+            batch.accepted,
+            batch.rejected,
+            batch.error,
+            batch.missing,
+            batch.eval_min_ts,
+        )
+        conn.send_bytes(pickle.dumps(("ok", fields)))
+        for stream in streams:
+            conn.send_bytes(stream)
+
+
+class _Worker:
+    """One conversion process and its pipe, used by one request at a time."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.conn, child = ctx.Pipe(duplex=True)
+        self.proc = ctx.Process(target=_worker_main, args=(child,), name="trace-ptune-convert", daemon=True)
+        self.proc.start()
+        child.close()
+
+    def convert(self, signal: str, body: bytes, fmt: str) -> otlp.Batch:
+        import pickle
+
+        import pyarrow as pa
+
+        try:
+            self.conn.send_bytes(pickle.dumps((signal, fmt)))
+            self.conn.send_bytes(body)
+            status, fields = pickle.loads(self.conn.recv_bytes())
+            if status == "bad":
+                raise BadPayload(fields)
+            if status == "error":
+                raise CollectorError(f"the request could not be converted: {fields}")
+            names, counts, adapters, accepted, rejected, error, missing, eval_min_ts = fields
+            # the tables read the received bytes in place (no copy)
+            tables = {name: pa.ipc.open_stream(self.conn.recv_bytes()).read_all() for name in names}
+        except (EOFError, OSError) as exc:
+            raise _WorkerDied(
+                f"a conversion worker exited ({exc or 'pipe closed'}); retry the request"
+            ) from None
+        return otlp.Batch(
+            tables=tables,
+            counts=counts,
+            adapters=adapters,
+            accepted=accepted,
+            rejected=rejected,
+            error=error,
+            missing=missing,
+            eval_min_ts=eval_min_ts,
+        )
+
+    def close(self, timeout: float = 5.0) -> None:
+        self.conn.close()
+        self.proc.join(timeout)
+        if self.proc.is_alive():  # pragma: no cover - a conversion stuck past shutdown
+            self.proc.kill()
+            self.proc.join(1.0)
+
+
+class _WorkerPool:
+    """Conversion worker processes fed over pipes.
+
+    The request thread sends the body and reads the Arrow tables back; it waits on the pipe
+    without the interpreter lock, so the writer's DuckDB work in this process is not held up by
+    conversions (DuckDB's Python binding re-takes that lock many times per statement). A worker
+    that dies is replaced; its request gets a retryable error.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._ctx = multiprocessing.get_context("spawn")
+        self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
+        self._all: list[_Worker] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        for _ in range(size):
+            self._add()
+
+    def _add(self) -> None:
+        w = _Worker(self._ctx)
+        with self._lock:
+            self._all.append(w)
+        self._idle.put(w)
+
+    def convert(self, signal: str, body: bytes, fmt: str) -> otlp.Batch:
+        if self._closed:
+            raise CollectorError("the collector is shutting down")
+        while True:
+            try:
+                w = self._idle.get(timeout=1.0)
+                break
+            except queue.Empty:
+                if self._closed:
+                    raise CollectorError("the collector is shutting down") from None
+        try:
+            return w.convert(signal, body, fmt)
+        except _WorkerDied:
+            with self._lock:
+                if w in self._all:
+                    self._all.remove(w)
+            w.close(0.1)
+            w = None
+            if not self._closed:
+                self._add()
+            raise
+        finally:
+            if w is not None:  # a refused body leaves the worker ready for the next request
+                self._idle.put(w)
+
+    def close(self) -> None:
+        self._closed = True
+        with self._lock:
+            workers, self._all = self._all, []
+        for w in workers:
+            w.close()
 
 
 class Ingestor:
@@ -151,24 +297,18 @@ class Ingestor:
         self.store = store
         self.commit_timeout = commit_timeout
         self._conv = _Converters()
-        self._pool: cf.ProcessPoolExecutor | None = None
-        if workers > 0:
-            ctx = multiprocessing.get_context("spawn")
-            self._pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+        self._pool = _WorkerPool(workers) if workers > 0 else None
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.close()
             self._pool = None
 
     def export_bytes(self, signal: str, body: bytes, fmt: str) -> ExportResult:
         """Store an encoded request; raise ``BadPayload``, ``QueueFull`` or ``CollectorError``."""
         with self.store.converting():
             if self._pool is not None and body:
-                try:
-                    batch = self._pool.submit(_worker_convert, signal, body, fmt).result()
-                except cf.process.BrokenProcessPool as exc:  # pragma: no cover - worker crashed
-                    raise CollectorError(f"a parsing worker died: {exc}") from None
+                batch = self._pool.convert(signal, body, fmt)
             else:
                 with self.store.cpu_gate:
                     batch = self._conv.convert_body(signal, body, fmt)

@@ -122,8 +122,11 @@ class Collector:
     def start(self) -> Collector:
         cfg = self.config
         retain = parse_duration(cfg.retain) if cfg.retain else None
+        # With conversion workers the writer commits what is queued at once: the other requests
+        # convert in the workers meanwhile, instead of the writer waiting for them to join.
+        waits = {"group_wait_s": 0.0, "group_expect_s": 0.0} if cfg.workers else {}
         self.store = Store(
-            self.db, max_queue_rows=cfg.max_queue_rows, retain_seconds=retain, threads=cfg.db_threads
+            self.db, max_queue_rows=cfg.max_queue_rows, retain_seconds=retain, threads=cfg.db_threads, **waits
         )
         try:
             self.ingestor = Ingestor(self.store, workers=cfg.workers)

@@ -1,0 +1,96 @@
+"""``--workers N``: conversion in worker processes stores exactly what in-process conversion stores."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+
+from google.rpc import status_pb2
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
+
+from tests.collector.conftest import PB, post
+from tests.collector.otlp_data import ADAPTER, eval_log_request, generation_attrs, span_request
+from tests.collector.test_collector_ingest import _emit_spans
+from tests.collector.test_collector_native_walk import random_request
+from trace_ptune.collector.client import CollectorClient
+
+TABLES = {
+    "spans": "TraceId, SpanId, SpanName",
+    "evaluations": "TraceId, SpanId, name, source, score_value",
+    "adapters": "adapter_hash",
+    "logs": "Timestamp, SpanId",
+}
+
+
+def _contents(url: str) -> dict:
+    client = CollectorClient(url)
+    return {t: client.query(f"SELECT * FROM {t} ORDER BY {order}") for t, order in TABLES.items()}
+
+
+def test_workers_store_the_same_rows_and_answers_as_in_process(make_collector, tmp_path):
+    inproc = make_collector(db=tmp_path / "inproc.duckdb")
+    workers = make_collector(db=tmp_path / "workers.duckdb", workers=2)
+    rng = random.Random(7)
+    span_ids: list[bytes] = []
+    bodies = [random_request(rng, span_ids).SerializeToString() for _ in range(12)]
+    # log-based evaluations of a scored span stored before and after them: both are filled in
+    # with the span's adapter identity by the writer
+    t1, s1, t2, s2 = os.urandom(16), os.urandom(8), os.urandom(16), os.urandom(8)
+    scored = span_request([{"trace_id": t1, "span_id": s1, "attrs": generation_attrs()}]).SerializeToString()
+    later = span_request([{"trace_id": t2, "span_id": s2, "attrs": generation_attrs()}]).SerializeToString()
+    logs = [eval_log_request(t, s, "helpful", 0.5).SerializeToString() for t, s in ((t1, s1), (t2, s2))]
+    for c in (inproc, workers):
+        answers = [post(c.urls["http"] + "/v1/traces", b, PB) for b in [*bodies, scored]]
+        answers += [post(c.urls["http"] + "/v1/logs", log, PB) for log in logs]
+        answers.append(post(c.urls["http"] + "/v1/traces", later, PB))
+        c.answers = [(status, body) for status, _, body in answers]
+    assert workers.answers == inproc.answers
+    assert {status for status, _ in inproc.answers} == {200}
+    assert any(body for _, body in inproc.answers)  # some requests were partial successes
+    got, want = _contents(workers.urls["http"]), _contents(inproc.urls["http"])
+    assert got["spans"][1], "no spans stored"
+    assert got == want
+    _, filled = CollectorClient(workers.urls["http"]).query(
+        "SELECT count(*) FROM evaluations WHERE source = 'log' AND adapter_hash = ?", [ADAPTER]
+    )
+    assert filled == [[2]]
+
+
+def test_workers_take_real_exporters_and_refuse_malformed_bodies(make_collector):
+    c = make_collector(workers=1)
+    _emit_spans(HttpSpanExporter(endpoint=c.urls["http"] + "/v1/traces"))
+    _, rows = CollectorClient(c.urls["http"]).query("SELECT count(*) FROM spans")
+    assert rows == [[2]]
+    status, _, body = post(c.urls["http"] + "/v1/traces", b"\x0a\xff\xff\xff", PB)
+    assert status == 400
+    assert "protobuf" in status_pb2.Status.FromString(body).message
+    status, _, body = post(
+        c.urls["http"] + "/v1/traces", b'{"resourceSpans": 3}', {"Content-Type": "application/json"}
+    )
+    assert status == 400, body
+
+
+def test_a_dead_worker_fails_one_request_retryably_and_is_replaced(make_collector):
+    c = make_collector(workers=1)
+    url = c.urls["http"] + "/v1/traces"
+    rng = random.Random(3)
+    body = random_request(rng, []).SerializeToString()
+    assert post(url, body, PB)[0] == 200
+    pool = c.ingestor._pool
+    old = pool._all[0].proc
+    os.kill(old.pid, signal.SIGKILL)
+    old.join(10)
+    status, headers, answer = post(url, body, PB)
+    assert status == 503, answer
+    assert "Retry-After" in headers
+    assert "worker" in status_pb2.Status.FromString(answer).message
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the replacement may still be starting: exporters retry
+        status = post(url, body, PB)[0]
+        if status == 200:
+            break
+        time.sleep(0.2)
+    assert status == 200
+    assert pool._all[0].proc.pid != old.pid
