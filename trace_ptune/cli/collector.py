@@ -74,10 +74,10 @@ def collector() -> None:
 @click.option("--retain", default=None, help="Delete data older than this (e.g. 30d, 12h); checked hourly.")
 @click.option(
     "--workers",
-    type=int,
-    default=0,
+    default="auto",
     show_default=True,
-    help="Worker processes that parse OTLP (0: in-process).",
+    help="Worker processes that parse and convert OTLP beside the writer (0: in the collector "
+    "process; auto: one per core up to 4, none on one core).",
 )
 @click.option(
     "--db-threads",
@@ -111,13 +111,14 @@ def run(
     token_file: str | None,
     pg_password_file: str | None,
     retain: str | None,
-    workers: int,
+    workers: str,
     db_threads: int,
     max_body_mb: float,
     max_queue_rows: int,
     quiet: bool,
 ) -> None:
     """Receive OTLP on loopback and store it; SIGTERM/Ctrl-C drains, checkpoints and exits 0."""
+    from trace_ptune.collector.ingest import tune_allocator
     from trace_ptune.collector.server import Collector, CollectorConfig
 
     token = _read_secret(token_file, "token") or os.environ.get(semconv.ENV_TOKEN) or None
@@ -131,10 +132,11 @@ def run(
         retain=retain,
         max_body_bytes=int(max_body_mb * 1024 * 1024),
         max_queue_rows=max_queue_rows,
-        workers=workers,
+        workers=_workers(workers),
         db_threads=db_threads,
         quiet=quiet,
     )
+    tune_allocator()  # this process is the collector: keep freed blocks for the next commit
     coll = Collector(cfg).start()
     if not quiet:
         urls = "  ".join(f"{k}={v}" for k, v in coll.urls.items())
@@ -142,6 +144,22 @@ def run(
     coll.run()
     if not quiet:
         click.echo("collector stopped cleanly", err=True)
+
+
+def _workers(value: str) -> int:
+    """``--workers``: a count, or ``auto`` (one per usable core up to 4; none on a single core)."""
+    if value.strip().lower() == "auto":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return min(cores, 4) if cores > 1 else 0
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise click.BadParameter(
+            f"{value!r} is not a worker count; pass 0 or more, or auto.", param_hint="--workers"
+        )
+    return n
 
 
 def _target(db: str | None, url: str | None, token: str | None) -> tuple[Path, Any, dict[str, Any] | None]:
