@@ -15,7 +15,10 @@ import ctypes
 import json
 import multiprocessing
 import os
+import pickle
 import queue
+import socket
+import struct
 import sys
 import threading
 from dataclasses import dataclass
@@ -165,31 +168,58 @@ class _WorkerDied(CollectorError):
     """A conversion worker process exited; the request is answered with a retryable error."""
 
 
+_HEADER = struct.Struct("<QQ")  # lengths of the pickled head and of the payload after it
+
+
+def _send(sock: socket.socket, head: Any, payload: list[Any]) -> None:
+    """One message: a pickled head, then the payload buffers back to back."""
+    meta = pickle.dumps(head)
+    sock.sendall(_HEADER.pack(len(meta), sum(memoryview(p).nbytes for p in payload)) + meta)
+    for part in payload:
+        sock.sendall(part)
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytearray:
+    """``n`` bytes read straight into one buffer (the interpreter lock is free while it waits)."""
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
+    while got < n:
+        k = sock.recv_into(view[got:], n - got)
+        if not k:
+            raise EOFError("the pipe closed")
+        got += k
+    return buf
+
+
+def _recv(sock: socket.socket) -> tuple[Any, bytearray]:
+    meta_len, payload_len = _HEADER.unpack(_recv_exact(sock, _HEADER.size))
+    return pickle.loads(_recv_exact(sock, meta_len)), _recv_exact(sock, payload_len)
+
+
 def _worker_main(conn: Any) -> None:  # pragma: no cover - runs in the worker process
-    """A conversion worker: (signal, fmt) + body in; a batch's fields + one Arrow IPC stream per
-    table out, or ("bad" | "error", message). Ends when the pipe closes."""
-    import pickle
+    """A conversion worker: (signal, fmt) + body in; ("ok", batch fields, stream lengths) + one
+    Arrow IPC stream per table out, or ("bad" | "error", message). Ends when the pipe closes."""
     import signal as _signal
 
     import pyarrow as pa
 
     _signal.signal(_signal.SIGINT, _signal.SIG_IGN)  # the collector decides when workers stop
     tune_allocator()
+    sock = socket.fromfd(conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.close()
     conv = _Converters()
     while True:
         try:
-            head = conn.recv_bytes()
-            body = conn.recv_bytes()
+            (signal, fmt), body = _recv(sock)
         except (EOFError, OSError):
             return
-        signal, fmt = pickle.loads(head)
         try:
-            batch = conv.convert_body(signal, body, fmt)
+            batch = conv.convert_body(signal, bytes(body), fmt)
         except BadPayload as exc:
-            conn.send_bytes(pickle.dumps(("bad", str(exc))))
+            _send(sock, ("bad", str(exc), []), [])
             continue
         except Exception as exc:  # a converter bug must not kill the worker
-            conn.send_bytes(pickle.dumps(("error", f"{type(exc).__name__}: {exc}")))
+            _send(sock, ("error", f"{type(exc).__name__}: {exc}", []), [])
             continue
         streams = []
         for tbl in batch.tables.values():
@@ -207,40 +237,38 @@ def _worker_main(conn: Any) -> None:  # pragma: no cover - runs in the worker pr
             batch.missing,
             batch.eval_min_ts,
         )
-        conn.send_bytes(pickle.dumps(("ok", fields)))
-        for stream in streams:
-            conn.send_bytes(stream)
+        _send(sock, ("ok", fields, [s.size for s in streams]), streams)
 
 
 class _Worker:
-    """One conversion process and its pipe, used by one request at a time."""
+    """One conversion process and the socket to it, used by one request at a time."""
 
     def __init__(self, ctx: Any) -> None:
-        self.conn, child = ctx.Pipe(duplex=True)
+        conn, child = ctx.Pipe(duplex=True)
         self.proc = ctx.Process(target=_worker_main, args=(child,), name="trace-ptune-convert", daemon=True)
         self.proc.start()
         child.close()
+        self.sock = socket.fromfd(conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.close()
 
     def convert(self, signal: str, body: bytes, fmt: str) -> otlp.Batch:
-        import pickle
-
         import pyarrow as pa
 
         try:
-            self.conn.send_bytes(pickle.dumps((signal, fmt)))
-            self.conn.send_bytes(body)
-            status, fields = pickle.loads(self.conn.recv_bytes())
-            if status == "bad":
-                raise BadPayload(fields)
-            if status == "error":
-                raise CollectorError(f"the request could not be converted: {fields}")
-            names, counts, adapters, accepted, rejected, error, missing, eval_min_ts = fields
-            # the tables read the received bytes in place (no copy)
-            tables = {name: pa.ipc.open_stream(self.conn.recv_bytes()).read_all() for name in names}
+            _send(self.sock, (signal, fmt), [body])
+            (status, fields, lengths), payload = _recv(self.sock)
         except (EOFError, OSError) as exc:
-            raise _WorkerDied(
-                f"a conversion worker exited ({exc or 'pipe closed'}); retry the request"
-            ) from None
+            raise _WorkerDied(f"a conversion worker exited ({exc}); retry the request") from None
+        if status == "bad":
+            raise BadPayload(fields)
+        if status == "error":
+            raise CollectorError(f"the request could not be converted: {fields}")
+        names, counts, adapters, accepted, rejected, error, missing, eval_min_ts = fields
+        # the tables read the received buffer in place (no copy)
+        buf, tables, start = pa.py_buffer(payload), {}, 0
+        for name, n in zip(names, lengths, strict=True):
+            tables[name] = pa.ipc.open_stream(buf.slice(start, n)).read_all()
+            start += n
         return otlp.Batch(
             tables=tables,
             counts=counts,
@@ -253,7 +281,7 @@ class _Worker:
         )
 
     def close(self, timeout: float = 5.0) -> None:
-        self.conn.close()
+        self.sock.close()
         self.proc.join(timeout)
         if self.proc.is_alive():  # pragma: no cover - a conversion stuck past shutdown
             self.proc.kill()
