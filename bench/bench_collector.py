@@ -536,9 +536,12 @@ def main() -> None:
             for w in [int(x) for x in args.workers.split(",")]:
                 results.append(bench_collector(tmp, args.batches, w, "sender", walk))
                 print(json.dumps(results[-1]), flush=True)
-        results.append(bench_collector(tmp, args.batches, 0, "grpc-sender"))
-        print(json.dumps(results[-1]), flush=True)
-        results.append(bench_collector(tmp, args.exporter_batches, 0, "exporter-sender"))
+        for w in [int(x) for x in args.workers.split(",")]:
+            results.append(bench_collector(tmp, args.batches, w, "grpc-sender"))
+            print(json.dumps(results[-1]), flush=True)
+        # the exporter sender with the collector's default on this machine (--workers auto)
+        auto = min(len(os.sched_getaffinity(0)), 4) if len(os.sched_getaffinity(0)) > 1 else 0
+        results.append(bench_collector(tmp, args.exporter_batches, auto, "exporter-sender"))
         print(json.dumps(results[-1]), flush=True)
         for k in (1, 8) if args.bytes_batches else ():
             print(json.dumps({"bytes": bench_bytes(tmp, args.bytes_batches, k)}), flush=True)
