@@ -13,7 +13,8 @@ import torch
 
 from trace_ptune import semconv
 from trace_ptune.models import load_model
-from trace_ptune.runtime import Engine, GenerationRequest, batching
+from trace_ptune.models.attention import sliding_window
+from trace_ptune.runtime import Engine, GenerationRequest
 
 from .conftest import make_adapter
 from .reference import reference_greedy
@@ -62,8 +63,8 @@ def sliding_base(request, tmp_path_factory, _models):
 
 
 def test_sliding_window_is_detected_per_model(sliding_base, base64):
-    assert batching.sliding_window(sliding_base.config) == WINDOW
-    assert batching.sliding_window(base64.config) is None
+    assert sliding_window(sliding_base.config) == WINDOW
+    assert sliding_window(base64.config) is None
 
 
 def test_mixed_batch_matches_reference_on_sliding_window_models(sliding_base):
@@ -87,3 +88,15 @@ def test_mixed_batch_matches_reference_on_sliding_window_models(sliding_base):
     # the soft prompts matter on these models too, so the comparison can tell rows apart
     by_adapter = {name: r.token_ids for (name, p, _), r in zip(plan, results, strict=True) if p == PROMPTS[0]}
     assert len({tuple(v) for v in by_adapter.values()}) == len(by_adapter)
+
+
+@pytest.mark.parametrize("method", [semconv.METHOD_PROMPT_TUNING, semconv.METHOD_PREFIX_TUNING])
+def test_trainer_evaluation_generation_matches_reference_on_sliding_window_models(sliding_base, method):
+    from trace_ptune.tuning.evaluation import greedy_generate
+
+    base = sliding_base
+    adapter = make_adapter(base, method, 5, seed=2)
+    prompt = adapter.prefix_kv if method == semconv.METHOD_PREFIX_TUNING else adapter.embeddings
+    ids = [base.tokenizer.encode(p, add_special_tokens=False) for p in PROMPTS]
+    got = greedy_generate(base.model, method, prompt, ids, max_new_tokens=8, eos_id=None, pad_id=0)
+    assert got == [reference_greedy(base, adapter, row, 8) for row in ids]

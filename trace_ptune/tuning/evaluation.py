@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from trace_ptune import semconv
+from trace_ptune.models.attention import attention_mask
 from trace_ptune.tuning.data import EncodedExample, collate, normalize_text, prompt_ids
 from trace_ptune.tuning.methods import head_logits, prefix_cache, target_losses
 
@@ -68,6 +69,8 @@ def greedy_generate(
     pad_id: int,
 ) -> list[list[int]]:
     """Greedy continuation of each prompt (token ids, eos excluded) with the soft prompt applied."""
+    from transformers import DynamicCache
+
     B = len(token_ids)
     T = max(len(t) for t in token_ids)
     ids = torch.full((B, T), pad_id, dtype=torch.long)
@@ -87,15 +90,22 @@ def greedy_generate(
         inputs = tok
     else:
         n = prompt.shape[0]
-        cache = None
+        # a cache that keeps every column: the model's own would drop the columns a sliding
+        # window has passed, which the position-based masks below still count
+        cache = DynamicCache()
         inputs = torch.cat([prompt.unsqueeze(0).expand(B, *prompt.shape).to(tok.dtype), tok], dim=1)
         mask = torch.cat([text_mask.new_ones((B, n)), text_mask], dim=1)
         positions = (mask.cumsum(1) - 1).clamp(min=0)
     out: list[list[int]] = [[] for _ in range(B)]
     done = torch.zeros(B, dtype=torch.bool)
     for _ in range(max_new_tokens):
+        query_positions = positions[:, -inputs.shape[1] :]
         res = model.model(
-            inputs_embeds=inputs, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
+            inputs_embeds=inputs,
+            attention_mask=attention_mask(model, mask, query_positions),
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
         )
         cache = res.cache if hasattr(res, "cache") else res.past_key_values
         logits = head_logits(model, res.last_hidden_state[:, -1])  # (B, V)

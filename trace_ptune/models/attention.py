@@ -1,0 +1,63 @@
+"""Attention masks that follow positions, for batches padded inside their rows.
+
+A batch that puts a soft prompt before left-padded text holds ``[prompt | pad | text]`` per row.
+Causal masks that compare cache columns stay right there (column order is position order), but a
+sliding window counted in columns does not: the padding stretches the distance between a row's
+text and its soft prompt. Models with sliding-window layers therefore get masks built from
+positions; the runtime's decode loop and the trainer's evaluation both use them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def sliding_window(config: Any) -> int | None:
+    """The attention window of a model with sliding-window layers (Mistral, Qwen2 with
+    ``use_sliding_window``, Gemma 2/3...), or None when every layer attends to the whole sequence."""
+    window = getattr(config, "sliding_window", None)
+    if not window:
+        return None
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        return int(window) if "sliding_attention" in layer_types else None
+    return None if getattr(config, "use_sliding_window", True) is False else int(window)
+
+
+def attention_mask(model: Any, mask: torch.Tensor, query_positions: torch.Tensor) -> Any:
+    """The ``attention_mask`` argument for a forward over the last ``Q`` columns of ``mask``.
+
+    ``mask``: (B, T) 1 on real tokens; ``query_positions``: (B, Q) positions of the queries.
+    Models without sliding-window layers get ``mask`` itself: their masks count key columns,
+    which the padding inside a row (between its prefix and its text) does not disturb. A
+    sliding window counted in columns would: keys within the window by position fall outside
+    it by column, so those models get 4D masks built from positions (a row's real tokens sit at
+    0, 1, 2...), one per layer type where the model mixes full and sliding layers.
+    """
+    config = model.config
+    window = sliding_window(config)
+    if window is None:
+        return mask
+    key_pos = mask.cumsum(dim=1) - 1  # (B, T): position of each real key
+    q = query_positions[:, :, None]
+    k = key_pos[:, None, :]
+    full = mask.bool()[:, None, :] & (k <= q)
+    # every query sees at least its own column: a padding query with nothing to attend to would
+    # give NaN states, and NaN keys poison the rows that mask them out (0 * NaN)
+    t, n = mask.shape[1], query_positions.shape[1]
+    own = torch.zeros(n, t, dtype=torch.bool, device=mask.device)
+    own[torch.arange(n), torch.arange(t - n, t)] = True
+    masks = {"full_attention": full | own, "sliding_attention": (full & (k > q - window)) | own}
+    if config._attn_implementation == "eager":  # additive float masks
+        dtype = next(model.parameters()).dtype
+        low = torch.finfo(dtype).min
+        masks = {
+            key: torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill_(~m, low)
+            for key, m in masks.items()
+        }
+    masks = {key: m[:, None] for key, m in masks.items()}  # (B, 1, Q, T)
+    if getattr(config, "layer_types", None) is not None:
+        return {kind: masks[kind] for kind in set(config.layer_types)}
+    return masks["sliding_attention"]
