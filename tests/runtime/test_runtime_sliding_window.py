@@ -73,11 +73,12 @@ def test_mixed_batch_matches_reference_on_sliding_window_models(sliding_base):
         "pt5": make_adapter(base, semconv.METHOD_PROMPT_TUNING, 5, seed=1, name="pt5"),
         "ptune7": make_adapter(base, semconv.METHOD_P_TUNING, 7, seed=3, name="ptune7"),
         "prefix3": make_adapter(base, semconv.METHOD_PREFIX_TUNING, 3, seed=4, name="prefix3"),
+        "pt15": make_adapter(base, semconv.METHOD_PROMPT_TUNING, 15, seed=5, name="pt15"),  # > window
     }
     engine = Engine(base, store=object())
     for sp in adapters.values():
         engine.register(sp)
-    plan = [(name, prompt, 10) for prompt in PROMPTS for name in (None, "pt5", "ptune7", "prefix3")]
+    plan = [(name, prompt, 10) for prompt in PROMPTS for name in (None, "pt5", "ptune7", "prefix3", "pt15")]
     results = engine.generate([GenerationRequest(p, adapter=a, max_new_tokens=k) for a, p, k in plan])
     eos = base.tokenizer.eos_token_id
     for (name, prompt, k), result in zip(plan, results, strict=True):
