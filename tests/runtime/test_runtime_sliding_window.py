@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from trace_ptune import semconv
+from trace_ptune.errors import ModelLoadError
 from trace_ptune.models import load_model
 from trace_ptune.models.attention import sliding_window
 from trace_ptune.runtime import Engine, GenerationRequest
@@ -101,3 +102,14 @@ def test_trainer_evaluation_generation_matches_reference_on_sliding_window_model
     ids = [base.tokenizer.encode(p, add_special_tokens=False) for p in PROMPTS]
     got = greedy_generate(base.model, method, prompt, ids, max_new_tokens=8, eos_id=None, pad_id=0)
     assert got == [reference_greedy(base, adapter, row, 8) for row in ids]
+
+
+def test_a_sliding_window_model_on_an_attention_without_masks_is_refused_up_front(sliding_base):
+    config = sliding_base.model.config
+    saved = config._attn_implementation
+    config._attn_implementation = "flash_attention_2"
+    try:
+        with pytest.raises(ModelLoadError, match="attn_implementation='sdpa' or 'eager'"):
+            Engine(sliding_base, store=object())
+    finally:
+        config._attn_implementation = saved

@@ -26,6 +26,22 @@ def sliding_window(config: Any) -> int | None:
     return None if getattr(config, "use_sliding_window", True) is False else int(window)
 
 
+MASKED_IMPLEMENTATIONS = ("sdpa", "eager")
+
+
+def check_attention(config: Any) -> None:
+    """Refuse a sliding-window model whose attention cannot take the position-based masks."""
+    impl = getattr(config, "_attn_implementation", None) or "eager"
+    if sliding_window(config) is not None and impl not in MASKED_IMPLEMENTATIONS:
+        from trace_ptune.errors import ModelLoadError
+
+        raise ModelLoadError(
+            f"This model has sliding-window attention and attn_implementation={impl!r}, which cannot "
+            "take the position-based masks mixed soft-prompt batches need; load it with "
+            "attn_implementation='sdpa' or 'eager'."
+        )
+
+
 def attention_mask(model: Any, mask: torch.Tensor, query_positions: torch.Tensor) -> Any:
     """The ``attention_mask`` argument for a forward over the last ``Q`` columns of ``mask``.
 
@@ -40,6 +56,7 @@ def attention_mask(model: Any, mask: torch.Tensor, query_positions: torch.Tensor
     window = sliding_window(config)
     if window is None:
         return mask
+    check_attention(config)
     key_pos = mask.cumsum(dim=1) - 1  # (B, T): position of each real key
     q = query_positions[:, :, None]
     k = key_pos[:, None, :]

@@ -41,6 +41,7 @@ import torch
 from opentelemetry import context as otel_context
 
 from trace_ptune.errors import GenerationError, TracePtuneError
+from trace_ptune.models.attention import check_attention
 from trace_ptune.runtime import batching
 from trace_ptune.runtime.kvcache import model_kv_layout
 from trace_ptune.runtime.registry import AdapterEntry, AdapterRegistry
@@ -166,6 +167,7 @@ class Engine:
             self.scorers.append(on_result)
         self._layout = model_kv_layout(self.model)
         config = self.model.config
+        check_attention(config)  # before any request: a clear error instead of wrong rows
         self.context_length = int(getattr(config, "max_position_embeddings", 0) or 2**31)
         self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.eos_token_ids = _eos_ids(self.tokenizer, self.model)
