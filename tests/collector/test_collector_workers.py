@@ -6,11 +6,13 @@ import os
 import random
 import signal
 import time
+import urllib.request
 
 from google.rpc import status_pb2
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
 
-from tests.collector.conftest import PB, post
+from tests.collector.conftest import PB, grpc_target, post
 from tests.collector.otlp_data import ADAPTER, eval_log_request, generation_attrs, span_request
 from tests.collector.test_collector_ingest import _emit_spans
 from tests.collector.test_collector_native_walk import random_request
@@ -61,8 +63,9 @@ def test_workers_store_the_same_rows_and_answers_as_in_process(make_collector, t
 def test_workers_take_real_exporters_and_refuse_malformed_bodies(make_collector):
     c = make_collector(workers=1)
     _emit_spans(HttpSpanExporter(endpoint=c.urls["http"] + "/v1/traces"))
+    _emit_spans(GrpcSpanExporter(endpoint=grpc_target(c), insecure=True))
     _, rows = CollectorClient(c.urls["http"]).query("SELECT count(*) FROM spans")
-    assert rows == [[2]]
+    assert rows == [[4]]
     status, _, body = post(c.urls["http"] + "/v1/traces", b"\x0a\xff\xff\xff", PB)
     assert status == 400
     assert "protobuf" in status_pb2.Status.FromString(body).message
@@ -94,3 +97,6 @@ def test_a_dead_worker_fails_one_request_retryably_and_is_replaced(make_collecto
         time.sleep(0.2)
     assert status == 200
     assert pool._all[0].proc.pid != old.pid
+    metrics = urllib.request.urlopen(c.urls["http"] + "/metrics", timeout=10).read().decode()
+    assert "trace_ptune_collector_workers 1\n" in metrics
+    assert "trace_ptune_collector_worker_restarts_total 1\n" in metrics

@@ -303,8 +303,14 @@ class _WorkerPool:
         self._all: list[_Worker] = []
         self._lock = threading.Lock()
         self._closed = False
+        self.restarts = 0  # workers replaced after they died
         for _ in range(size):
             self._add()
+
+    @property
+    def size(self) -> int:
+        with self._lock:
+            return len(self._all)
 
     def _add(self) -> None:
         w = _Worker(self._ctx)
@@ -331,6 +337,7 @@ class _WorkerPool:
             w.close(0.1)
             w = None
             if not self._closed:
+                self.restarts += 1
                 self._add()
             raise
         finally:
@@ -358,6 +365,15 @@ class Ingestor:
         if self._pool is not None:
             self._pool.close()
             self._pool = None
+
+    @property
+    def workers(self) -> int:
+        """Conversion worker processes running (0: conversion in this process)."""
+        return self._pool.size if self._pool is not None else 0
+
+    @property
+    def worker_restarts(self) -> int:
+        return self._pool.restarts if self._pool is not None else 0
 
     def export_bytes(self, signal: str, body: bytes, fmt: str) -> ExportResult:
         """Store an encoded request; raise ``BadPayload``, ``QueueFull`` or ``CollectorError``."""
