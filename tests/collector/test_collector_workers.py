@@ -8,6 +8,7 @@ import signal
 import time
 import urllib.request
 
+from click.testing import CliRunner
 from google.rpc import status_pb2
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
@@ -16,6 +17,7 @@ from tests.collector.conftest import PB, grpc_target, post
 from tests.collector.otlp_data import ADAPTER, eval_log_request, generation_attrs, span_request
 from tests.collector.test_collector_ingest import _emit_spans
 from tests.collector.test_collector_native_walk import random_request
+from trace_ptune.cli.main import cli
 from trace_ptune.collector.client import CollectorClient
 
 TABLES = {
@@ -100,3 +102,19 @@ def test_a_dead_worker_fails_one_request_retryably_and_is_replaced(make_collecto
     metrics = urllib.request.urlopen(c.urls["http"] + "/metrics", timeout=10).read().decode()
     assert "trace_ptune_collector_workers 1\n" in metrics
     assert "trace_ptune_collector_worker_restarts_total 1\n" in metrics
+
+
+def test_cli_workers_count_auto_and_bad_values(tmp_path, monkeypatch):
+    from trace_ptune.cli.collector import _workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    assert (_workers("auto"), _workers("AUTO"), _workers("0"), _workers("3")) == (4, 4, 0, 3)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0})
+    assert _workers("auto") == 0
+    for bad in ("x", "-1", "2.5"):
+        result = CliRunner().invoke(
+            cli, ["collector", "run", "--workers", bad, "--db", str(tmp_path / "w.duckdb")]
+        )
+        assert result.exit_code == 2
+        assert f"'{bad}' is not a worker count; pass 0 or more, or auto." in result.stderr
+    assert not (tmp_path / "w.duckdb").exists()
