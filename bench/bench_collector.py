@@ -39,6 +39,9 @@ TICK = os.sysconf("SC_CLK_TCK")
 # ---------------------------------------------------------------- realistic spans
 
 
+UUID_IDS = False  # --uuid-response-ids: random 128-bit response ids, as the runtime writes them
+
+
 def make_batch(seed: int, n: int = 512, spans_per_trace: int = 1) -> bytes:
     """``n`` generation spans; ``spans_per_trace`` > 1 groups them as the rows of one
     ``ptune.generate`` call (same trace id and parent span), as the runtime emits them."""
@@ -68,7 +71,9 @@ def make_batch(seed: int, n: int = 512, spans_per_trace: int = 1) -> bytes:
                 kv(s.GEN_AI_OPERATION_NAME, "text_completion"),
                 kv(s.GEN_AI_PROVIDER_NAME, "transformers"),
                 kv(s.GEN_AI_REQUEST_MODEL, "smollm2-135m"),
-                kv(s.GEN_AI_RESPONSE_ID, f"resp-{seed}-{i}"),
+                kv(
+                    s.GEN_AI_RESPONSE_ID, f"gen-{rnd.randbytes(16).hex()}" if UUID_IDS else f"resp-{seed}-{i}"
+                ),
                 kv(s.GEN_AI_REQUEST_MAX_TOKENS, 64),
                 kv(s.GEN_AI_REQUEST_TEMPERATURE, 0.0),
                 kv(s.GEN_AI_USAGE_INPUT_TOKENS, rnd.randrange(10, 200)),
@@ -327,6 +332,7 @@ def wait_side_file(db: Path, proc: subprocess.Popen) -> dict:
 def run_sender(target: str, batches: int, mode: str, seed: int = 0) -> dict:
     cmd = [sys.executable, __file__, f"--{mode}", "--target", target, "--batches", str(batches)]
     cmd += ["--seed", str(seed), "--distinct", str(DISTINCT), "--spans-per-trace", str(SPANS_PER_TRACE)]
+    cmd += ["--uuid-response-ids"] if UUID_IDS else []
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -516,9 +522,14 @@ def main() -> None:
         default=0,
         help="also measure bytes/span over N batches (1 and 8 spans/trace)",
     )
+    ap.add_argument(
+        "--uuid-response-ids",
+        action="store_true",
+        help="random 128-bit response ids (gen-<32 hex>, as the runtime writes them) instead of short sequential ones",
+    )
     args = ap.parse_args()
-    global DISTINCT, SPANS_PER_TRACE
-    DISTINCT, SPANS_PER_TRACE = args.distinct, args.spans_per_trace
+    global DISTINCT, SPANS_PER_TRACE, UUID_IDS
+    DISTINCT, SPANS_PER_TRACE, UUID_IDS = args.distinct, args.spans_per_trace, args.uuid_response_ids
     if args.sender:
         return sender_main(args)
     if args.grpc_sender:
