@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 import random
 import signal
@@ -44,10 +46,21 @@ def test_workers_store_the_same_rows_and_answers_as_in_process(make_collector, t
     t1, s1, t2, s2 = os.urandom(16), os.urandom(8), os.urandom(16), os.urandom(8)
     scored = span_request([{"trace_id": t1, "span_id": s1, "attrs": generation_attrs()}]).SerializeToString()
     later = span_request([{"trace_id": t2, "span_id": s2, "attrs": generation_attrs()}]).SerializeToString()
+    json_body = json.dumps(
+        {"resourceSpans": [{"scopeSpans": [{"spans": [{
+            "traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174", "name": "op",
+            "startTimeUnixNano": "1700000000000000000", "endTimeUnixNano": "1700000000500000000",
+            "attributes": [{"key": "ptune.tenant", "value": {"stringValue": "acme"}}],
+        }]}]}]}
+    ).encode()  # fmt: skip
     logs = [eval_log_request(t, s, "helpful", 0.5).SerializeToString() for t, s in ((t1, s1), (t2, s2))]
     for c in (inproc, workers):
         answers = [post(c.urls["http"] + "/v1/traces", b, PB) for b in [*bodies, scored]]
         answers += [post(c.urls["http"] + "/v1/logs", log, PB) for log in logs]
+        answers.append(post(c.urls["http"] + "/v1/traces", json_body, {"Content-Type": "application/json"}))
+        answers.append(
+            post(c.urls["http"] + "/v1/traces", gzip.compress(bodies[0]), {**PB, "Content-Encoding": "gzip"})
+        )
         answers.append(post(c.urls["http"] + "/v1/traces", later, PB))
         c.answers = [(status, body) for status, _, body in answers]
     assert workers.answers == inproc.answers
