@@ -7,9 +7,14 @@ import json
 import os
 import random
 import signal
+import subprocess
+import sys
 import time
 import urllib.request
+from pathlib import Path
 
+import duckdb
+import pytest
 from click.testing import CliRunner
 from google.rpc import status_pb2
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
@@ -131,3 +136,50 @@ def test_cli_workers_count_auto_and_bad_values(tmp_path, monkeypatch):
         assert result.exit_code == 2
         assert f"'{bad}' is not a worker count; pass 0 or more, or auto." in result.stderr
     assert not (tmp_path / "w.duckdb").exists()
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/children") as f:
+            out += [int(x) for x in f.read().split()]
+    return out
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads /proc")
+def test_sigterm_to_the_process_group_drains_through_the_workers(tmp_path):
+    db = tmp_path / "g.duckdb"
+    side = db.with_name(db.name + ".collector.json")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trace_ptune.cli.main", "collector", "run", "--db", str(db),
+         "--http", "127.0.0.1:0", "--grpc", "off", "--quiet", "--workers", "1"],
+        start_new_session=True, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not side.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        url = json.loads(side.read_text())["urls"]["http"]
+        body = span_request([{"attrs": generation_attrs()} for _ in range(3)]).SerializeToString()
+        assert post(url + "/v1/traces", body, PB)[0] == 200
+        workers = [p for p in _children(proc.pid) if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        assert len(workers) == 1
+        # a SIGTERM reaching the worker leaves it converting: the collector stops it after draining
+        os.kill(workers[0], signal.SIGTERM)
+        time.sleep(0.3)
+        assert post(url + "/v1/traces", body, PB)[0] == 200
+        assert os.path.exists(f"/proc/{workers[0]}")
+        acknowledged = CollectorClient(url).query("SELECT count(*) FROM spans")[1][0][0]
+        assert acknowledged == 6
+        os.killpg(proc.pid, signal.SIGTERM)  # as systemd stops a unit: every process of the group
+        assert proc.wait(30) == 0, proc.stderr.read().decode()
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{workers[0]}") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not os.path.exists(f"/proc/{workers[0]}")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT count(*) FROM spans").fetchone()[0] == acknowledged
+    con.close()

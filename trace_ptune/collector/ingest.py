@@ -203,7 +203,10 @@ def _worker_main(conn: Any) -> None:  # pragma: no cover - runs in the worker pr
 
     import pyarrow as pa
 
-    _signal.signal(_signal.SIGINT, _signal.SIG_IGN)  # the collector decides when workers stop
+    # The collector decides when workers stop (it closes their socket after draining): Ctrl-C or
+    # a SIGTERM sent to the whole process group must not fail the requests being converted.
+    _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
+    _signal.signal(_signal.SIGTERM, _signal.SIG_IGN)
     tune_allocator()
     sock = socket.fromfd(conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM)
     conn.close()
