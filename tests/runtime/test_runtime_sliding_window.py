@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.tiny_arch import build_tiny
 from trace_ptune import semconv
 from trace_ptune.errors import ModelLoadError
 from trace_ptune.models import load_model
@@ -28,38 +29,28 @@ PROMPTS = [
 ]
 
 
-def _config(kind: str, tokenizer):
-    from transformers import Gemma2Config, MistralConfig, Qwen2Config
-
-    common = dict(
-        vocab_size=512,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    if kind == "mistral":
-        return MistralConfig(head_dim=16, sliding_window=WINDOW, **common)
-    if kind == "qwen2":  # layer 0 full, layer 1 sliding
-        return Qwen2Config(sliding_window=WINDOW, use_sliding_window=True, max_window_layers=1, **common)
-    return Gemma2Config(head_dim=16, sliding_window=WINDOW, **common)
+SLIDING = {
+    "mistral": {"num_key_value_heads": 2, "head_dim": 16, "sliding_window": WINDOW},
+    # layer 0 full, layer 1 sliding
+    "qwen2": {
+        "num_key_value_heads": 2,
+        "sliding_window": WINDOW,
+        "use_sliding_window": True,
+        "max_window_layers": 1,
+    },
+    "gemma2": {"num_key_value_heads": 2, "head_dim": 16, "sliding_window": WINDOW},
+}
 
 
-@pytest.fixture(scope="module", params=["mistral", "qwen2", "gemma2"])
+@pytest.fixture(scope="module", params=sorted(SLIDING))
 def sliding_base(request, tmp_path_factory, _models):
-    from transformers import AutoModelForCausalLM
-
     tokenizer = _models["float64"].tokenizer
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(_config(request.param, tokenizer))
-    directory = tmp_path_factory.mktemp(f"{request.param}-sliding")
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
+    directory = build_tiny(
+        request.param,
+        tokenizer,
+        tmp_path_factory.mktemp(f"{request.param}-sliding"),
+        **SLIDING[request.param],
+    )
     return load_model(str(directory), dtype=torch.float64)
 
 

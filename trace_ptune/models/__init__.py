@@ -68,7 +68,9 @@ class BaseModel:
 
     @property
     def num_layers(self) -> int:
-        return int(self.config.num_hidden_layers)
+        from trace_ptune.models.attention import kv_layout
+
+        return kv_layout(self.model)[0]
 
     @property
     def num_heads(self) -> int:
@@ -76,11 +78,16 @@ class BaseModel:
 
     @property
     def num_kv_heads(self) -> int:
-        return int(getattr(self.config, "num_key_value_heads", None) or self.num_heads)
+        """Key/value heads the cache holds per layer (measured: config fields can disagree)."""
+        from trace_ptune.models.attention import kv_layout
+
+        return kv_layout(self.model)[1]
 
     @property
     def head_dim(self) -> int:
-        return int(getattr(self.config, "head_dim", None) or self.hidden_size // self.num_heads)
+        from trace_ptune.models.attention import kv_layout
+
+        return kv_layout(self.model)[2]
 
     @property
     def vocab_size(self) -> int:

@@ -1,4 +1,8 @@
-"""Attention masks that follow positions, for batches padded inside their rows.
+"""A decoder's key/value layout, and attention masks that follow positions.
+
+``kv_layout`` measures what a model's cache really holds per layer instead of trusting config
+fields, which some architectures do not use (Falcon's multi-query attention keeps one K/V head
+whatever ``num_kv_heads`` says).
 
 A batch that puts a soft prompt before left-padded text holds ``[prompt | pad | text]`` per row.
 Causal masks that compare cache columns stay right there (column order is position order), but a
@@ -12,6 +16,40 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
+_LAYOUT_ATTR = "_trace_ptune_kv_layout"
+
+
+@torch.inference_mode()
+def kv_layout(model: Any) -> tuple[int, int, int]:
+    """(layers, kv_heads, head_dim) of a decoder's cache, measured once by a one-token forward
+    and remembered on the model. Raises ``ModelLoadError`` for caches whose layers differ."""
+    cached = getattr(model, _LAYOUT_ATTR, None)
+    if cached is not None:
+        return cached
+    from transformers import DynamicCache
+
+    from trace_ptune.errors import ModelLoadError
+
+    param = next(model.parameters())
+    ids = torch.zeros((1, 1), dtype=torch.long, device=param.device)
+    out = model(input_ids=ids, cache=DynamicCache(), use_cache=True)
+    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    layers = [layer for layer in getattr(cache, "layers", []) if getattr(layer, "keys", None) is not None]
+    shapes = {(tuple(layer.keys.shape[1::2]), tuple(layer.values.shape[1::2])) for layer in layers}
+    if len(shapes) != 1 or next(iter(shapes))[0] != next(iter(shapes))[1]:
+        raise ModelLoadError(
+            f"This model's cache does not hold one key/value shape per layer ({sorted(shapes)}); "
+            "soft prompts are served and trained on decoders whose layers all cache (kv_heads, head_dim) "
+            "keys and values."
+        )
+    (kv_heads, head_dim), _ = next(iter(shapes))
+    layout = (len(layers), int(kv_heads), int(head_dim))
+    try:
+        setattr(model, _LAYOUT_ATTR, layout)
+    except AttributeError:  # pragma: no cover - a model that refuses attributes: measure again next time
+        pass
+    return layout
 
 
 def sliding_window(config: Any) -> int | None:

@@ -23,15 +23,12 @@ import torch
 from transformers import DynamicCache
 
 from trace_ptune import semconv
+from trace_ptune.models.attention import kv_layout
 
 
 def model_kv_layout(model: Any) -> tuple[int, int, int]:
-    """(layers, kv_heads, head_dim) of a decoder, read from its config."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    return config.num_hidden_layers, kv_heads, head_dim
+    """(layers, kv_heads, head_dim) of a decoder's cache (measured, see ``kv_layout``)."""
+    return kv_layout(model)
 
 
 @torch.inference_mode()

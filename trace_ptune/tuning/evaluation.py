@@ -100,7 +100,7 @@ def greedy_generate(
     done = torch.zeros(B, dtype=torch.bool)
     for _ in range(max_new_tokens):
         query_positions = positions[:, -inputs.shape[1] :]
-        res = model.model(
+        res = model.base_model(
             inputs_embeds=inputs,
             attention_mask=attention_mask(model, mask, query_positions),
             position_ids=positions,

@@ -27,15 +27,16 @@ from trace_ptune.errors import ConfigError, DataError
 
 def model_dims(model: Any) -> dict[str, int]:
     """hidden, layers, heads, kv_heads, head_dim and vocab of a decoder-only transformers model."""
+    from trace_ptune.models.attention import kv_layout
+
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    heads = int(cfg.num_attention_heads)
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    layers, kv_heads, head_dim = kv_layout(model)  # what the cache holds, not what config says
     return {
         "hidden": int(cfg.hidden_size),
-        "layers": int(cfg.num_hidden_layers),
-        "heads": heads,
-        "kv_heads": int(getattr(cfg, "num_key_value_heads", None) or heads),
-        "head_dim": int(head_dim),
+        "layers": layers,
+        "heads": int(cfg.num_attention_heads),
+        "kv_heads": kv_heads,
+        "head_dim": head_dim,
         "vocab": int(model.get_input_embeddings().weight.shape[0]),
     }
 
@@ -208,7 +209,7 @@ def prefix_from_tokens(model: Any, ids: list[int]) -> Tensor:
     from transformers import DynamicCache
 
     cache = DynamicCache()
-    model.model(input_ids=torch.tensor([ids], dtype=torch.long), cache=cache, use_cache=True)
+    model.base_model(input_ids=torch.tensor([ids], dtype=torch.long), cache=cache, use_cache=True)
     layers = [torch.stack([layer.keys[0], layer.values[0]]) for layer in cache.layers]  # (2, KV, n, D)
     return torch.stack(layers).detach().clone()
 
@@ -264,12 +265,12 @@ def decoder_hidden(
         n = prompts.shape[4]
         positions = torch.arange(n, n + T, device=input_ids.device).unsqueeze(0).expand(B, T)
         cache = prefix_cache(prompts.to(tok.dtype))
-        out = model.model(inputs_embeds=tok, position_ids=positions, cache=cache, use_cache=True)
+        out = model.base_model(inputs_embeds=tok, position_ids=positions, cache=cache, use_cache=True)
         return out.last_hidden_state
     n = prompts.shape[1]
     embeds = torch.cat([prompts.to(tok.dtype), tok], dim=1)  # (B, n + T, H)
     positions = torch.arange(n + T, device=input_ids.device).unsqueeze(0).expand(B, n + T)
-    out = model.model(inputs_embeds=embeds, position_ids=positions, use_cache=False)
+    out = model.base_model(inputs_embeds=embeds, position_ids=positions, use_cache=False)
     return out.last_hidden_state
 
 

@@ -1,0 +1,67 @@
+"""Decoders beyond Llama: every row of a mixed batch equals its no-cache reference.
+
+Each architecture exercises something the tiny Llama does not: Falcon's multi-query attention
+(one K/V head whatever ``num_kv_heads`` says, so the K/V layout must be measured, not read from
+the config), GPT-NeoX's partial rotary embedding without grouped-query attention, Phi-3's fused
+QKV projection, Qwen3's query/key norms and Gemma 3's interleaved sliding and global layers.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.tiny_arch import build_tiny
+from trace_ptune import semconv
+from trace_ptune.models import load_model
+from trace_ptune.runtime import Engine, GenerationRequest
+from trace_ptune.runtime.kvcache import model_kv_layout
+
+from .conftest import make_adapter
+from .reference import reference_greedy
+
+ARCHITECTURES = {
+    "falcon": {"multi_query": True},
+    "gpt_neox": {},
+    "phi3": {"num_key_value_heads": 2},
+    "qwen3": {"num_key_value_heads": 2, "head_dim": 16},
+    "gemma3_text": {"num_key_value_heads": 2, "head_dim": 16, "sliding_window": 12},
+}
+PROMPTS = ["hello world", "one two three four five six seven eight nine ten", "the cat and the dog"]
+
+
+@pytest.fixture(scope="module", params=sorted(ARCHITECTURES))
+def arch_base(request, tmp_path_factory, _models):
+    tokenizer = _models["float64"].tokenizer
+    directory = build_tiny(
+        request.param, tokenizer, tmp_path_factory.mktemp(request.param), **ARCHITECTURES[request.param]
+    )
+    return request.param, load_model(str(directory), dtype=torch.float64)
+
+
+def test_kv_layout_is_what_the_cache_holds(arch_base):
+    kind, base = arch_base
+    layers, kv_heads, head_dim = model_kv_layout(base.model)
+    assert (layers, head_dim) == (2, 16)
+    assert kv_heads == (1 if kind == "falcon" else 4 if kind == "gpt_neox" else 2)
+    assert (base.num_layers, base.num_kv_heads, base.head_dim) == (layers, kv_heads, head_dim)
+
+
+def test_mixed_batch_matches_reference_on_other_architectures(arch_base):
+    _, base = arch_base
+    adapters = {
+        "pt5": make_adapter(base, semconv.METHOD_PROMPT_TUNING, 5, seed=1, name="pt5"),
+        "ptune4": make_adapter(base, semconv.METHOD_P_TUNING, 4, seed=3, name="ptune4"),
+        "prefix3": make_adapter(base, semconv.METHOD_PREFIX_TUNING, 3, seed=4, name="prefix3"),
+    }
+    engine = Engine(base, store=object())
+    for sp in adapters.values():
+        engine.register(sp)
+    plan = [(name, prompt, 8) for prompt in PROMPTS for name in (None, *adapters)]
+    results = engine.generate([GenerationRequest(p, adapter=a, max_new_tokens=k) for a, p, k in plan])
+    eos = base.tokenizer.eos_token_id
+    for (name, prompt, k), result in zip(plan, results, strict=True):
+        expected = reference_greedy(base, adapters[name] if name else None, engine.encode(prompt), k)
+        expected = expected[: expected.index(eos) + 1] if eos in expected else expected
+        assert result.error is None
+        assert result.token_ids == expected, (name, prompt)

@@ -1,0 +1,40 @@
+"""Training on decoders beyond Llama: the soft prompt learns, the base stays frozen, and the
+trained adapter serves. Falcon keeps one K/V head under multi-query attention whatever its
+config's ``num_kv_heads`` says (a prefix shaped from the config would not fit its cache), and
+neither Falcon nor GPT-NeoX calls its decoder ``model``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.tiny_arch import build_tiny
+from trace_ptune import semconv
+from trace_ptune.models import load_model
+from trace_ptune.runtime import Engine, GenerationRequest
+from trace_ptune.tuning import TrainConfig, train
+
+
+@pytest.fixture(scope="module", params=["falcon", "gpt_neox"])
+def arch_dir(request, tmp_path_factory, tiny):
+    overrides = {"multi_query": True} if request.param == "falcon" else {}
+    return build_tiny(request.param, tiny.tokenizer, tmp_path_factory.mktemp(request.param), **overrides)
+
+
+@pytest.mark.parametrize("method", semconv.METHODS)
+def test_every_method_trains_and_serves_on_other_architectures(arch_dir, toy_data, method):
+    base = load_model(str(arch_dir))
+    before = {k: v.detach().clone() for k, v in base.model.state_dict().items()}
+    train_path, eval_path = toy_data
+    config = TrainConfig(
+        model=str(arch_dir), data=str(train_path), eval=str(eval_path), name=f"arch-{method}",
+        method=method, virtual_tokens=4, steps=12, lr=0.3, eval_every=6, quiet=True,
+    )  # fmt: skip
+    result = train(config, base)
+    history = result.metrics["loss_history"]
+    assert min(history[-3:]) < history[0]
+    assert all(torch.equal(before[k], v) for k, v in base.model.state_dict().items())
+    out = Engine(base).generate(
+        [GenerationRequest("the movie was good", adapter=f"arch-{method}@1", max_new_tokens=3)]
+    )
+    assert out[0].error is None and out[0].token_ids and out[0].virtual_tokens == 4
