@@ -13,6 +13,7 @@ import torch
 
 from tests.tiny_arch import build_tiny
 from trace_ptune import semconv
+from trace_ptune.errors import ModelLoadError
 from trace_ptune.models import load_model
 from trace_ptune.runtime import Engine, GenerationRequest
 from trace_ptune.runtime.kvcache import model_kv_layout
@@ -65,3 +66,29 @@ def test_mixed_batch_matches_reference_on_other_architectures(arch_base):
         expected = expected[: expected.index(eos) + 1] if eos in expected else expected
         assert result.error is None
         assert result.token_ids == expected, (name, prompt)
+
+
+@pytest.mark.parametrize(
+    ("kind", "overrides"),
+    [("bloom", {"n_layer": 2, "n_head": 4}), ("mpt", {"n_layers": 2, "n_heads": 4, "d_model": 64})],
+)
+def test_alibi_models_are_refused_in_one_sentence(kind, overrides, tmp_path, _models):
+    # ALiBi biases count key columns, which padding inside a row shifts: rows came out wrong
+    tokenizer = _models["float64"].tokenizer
+    base = load_model(str(build_tiny(kind, tokenizer, tmp_path / kind, **overrides)))
+    with pytest.raises(ModelLoadError, match="uses ALiBi attention biases") as info:
+        Engine(base, store=object())
+    assert "\n" not in str(info.value)
+
+
+def test_a_latent_attention_cache_is_refused_in_one_sentence(tmp_path, _models):
+    # DeepSeek-V3's multi-head latent attention caches keys and values of different widths
+    directory = build_tiny(
+        "deepseek_v3", _models["float64"].tokenizer, tmp_path / "mla",
+        kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16,
+        n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, first_k_dense_replace=2,
+    )  # fmt: skip
+    base = load_model(str(directory))
+    with pytest.raises(ModelLoadError, match="do not all hold keys and values of one") as info:
+        Engine(base, store=object())
+    assert "\n" not in str(info.value)

@@ -10,6 +10,7 @@ import torch
 
 from tests.tiny_arch import build_tiny
 from trace_ptune import semconv
+from trace_ptune.errors import ModelLoadError
 from trace_ptune.models import load_model
 from trace_ptune.runtime import Engine, GenerationRequest
 from trace_ptune.tuning import TrainConfig, train
@@ -38,3 +39,13 @@ def test_every_method_trains_and_serves_on_other_architectures(arch_dir, toy_dat
         [GenerationRequest("the movie was good", adapter=f"arch-{method}@1", max_new_tokens=3)]
     )
     assert out[0].error is None and out[0].token_ids and out[0].virtual_tokens == 4
+
+
+def test_training_an_alibi_model_is_refused_before_any_step(tmp_path, toy_data, tiny):
+    bloom = build_tiny("bloom", tiny.tokenizer, tmp_path / "bloom", n_layer=2, n_head=4)
+    train_path, eval_path = toy_data
+    config = TrainConfig(
+        model=str(bloom), data=str(train_path), eval=str(eval_path), name="b", steps=2, quiet=True
+    )
+    with pytest.raises(ModelLoadError, match="uses ALiBi attention biases"):
+        train(config)

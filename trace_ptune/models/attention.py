@@ -38,10 +38,11 @@ def kv_layout(model: Any) -> tuple[int, int, int]:
     layers = [layer for layer in getattr(cache, "layers", []) if getattr(layer, "keys", None) is not None]
     shapes = {(tuple(layer.keys.shape[1::2]), tuple(layer.values.shape[1::2])) for layer in layers}
     if len(shapes) != 1 or next(iter(shapes))[0] != next(iter(shapes))[1]:
+        found = "; ".join(f"keys {k}, values {v}" for k, v in sorted(shapes)) or "no key/value cache"
         raise ModelLoadError(
-            f"This model's cache does not hold one key/value shape per layer ({sorted(shapes)}); "
-            "soft prompts are served and trained on decoders whose layers all cache (kv_heads, head_dim) "
-            "keys and values."
+            f"This model's cache layers do not all hold keys and values of one (kv_heads, head_dim) "
+            f"shape ({found}), as latent-attention and hybrid models do; soft prompts are trained and "
+            "served on decoders with per-head key/value caches (Llama, Qwen, Mistral, Gemma, Phi...)."
         )
     (kv_heads, head_dim), _ = next(iter(shapes))
     layout = (len(layers), int(kv_heads), int(head_dim))
@@ -67,12 +68,31 @@ def sliding_window(config: Any) -> int | None:
 MASKED_IMPLEMENTATIONS = ("sdpa", "eager")
 
 
+def uses_alibi(config: Any) -> bool:
+    """ALiBi attention biases (BLOOM, MPT, Falcon with ``alibi=True``)."""
+    attn_config = getattr(config, "attn_config", None)
+    return bool(
+        getattr(config, "model_type", None) == "bloom"
+        or getattr(config, "alibi", False)
+        or getattr(attn_config, "alibi", False)
+        or (isinstance(attn_config, dict) and attn_config.get("alibi"))
+    )
+
+
 def check_attention(config: Any) -> None:
-    """Refuse a sliding-window model whose attention cannot take the position-based masks."""
+    """Refuse what mixed soft-prompt batches cannot serve correctly, in one sentence: ALiBi
+    biases (built from key columns, which the padding inside a row shifts) and a sliding-window
+    model whose attention cannot take the position-based masks."""
+    from trace_ptune.errors import ModelLoadError
+
+    if uses_alibi(config):
+        raise ModelLoadError(
+            f"This {getattr(config, 'model_type', 'model')} model uses ALiBi attention biases, which trace-ptune "
+            "does not serve or evaluate in padded soft-prompt batches (rows came out wrong); use a "
+            "rotary-position model such as Llama, Qwen, Mistral, Gemma, Phi or Falcon without alibi."
+        )
     impl = getattr(config, "_attn_implementation", None) or "eager"
     if sliding_window(config) is not None and impl not in MASKED_IMPLEMENTATIONS:
-        from trace_ptune.errors import ModelLoadError
-
         raise ModelLoadError(
             f"This model has sliding-window attention and attn_implementation={impl!r}, which cannot "
             "take the position-based masks mixed soft-prompt batches need; load it with "
