@@ -33,7 +33,7 @@ def kv_layout(model: Any) -> tuple[int, int, int]:
 
     param = next(model.parameters())
     ids = torch.zeros((1, 1), dtype=torch.long, device=param.device)
-    out = model(input_ids=ids, cache=DynamicCache(), use_cache=True)
+    out = model(input_ids=ids, attention_mask=torch.ones_like(ids), cache=DynamicCache(), use_cache=True)
     cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
     layers = [layer for layer in getattr(cache, "layers", []) if getattr(layer, "keys", None) is not None]
     shapes = {(tuple(layer.keys.shape[1::2]), tuple(layer.values.shape[1::2])) for layer in layers}
