@@ -104,3 +104,29 @@ def test_a_sliding_window_model_on_an_attention_without_masks_is_refused_up_fron
             Engine(sliding_base, store=object())
     finally:
         config._attn_implementation = saved
+
+
+def test_evaluation_of_a_model_trained_with_an_attention_without_masks_uses_sdpa(sliding_base):
+    # training may run flash attention (right padding needs no mask); the evaluation's padded
+    # rows need position-based masks, so it switches to SDPA and back
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    from trace_ptune.tuning.evaluation import greedy_generate
+
+    AttentionInterface.register("test_no_4d_masks", sdpa_attention_forward)
+    AttentionMaskInterface.register("test_no_4d_masks", sdpa_mask)
+    base = sliding_base
+    saved = base.model.config._attn_implementation
+    base.model.set_attn_implementation("test_no_4d_masks")
+    try:
+        adapter = make_adapter(base, semconv.METHOD_PROMPT_TUNING, 5, seed=2)
+        ids = [base.tokenizer.encode(p, add_special_tokens=False) for p in PROMPTS]
+        got = greedy_generate(
+            base.model, adapter.method, adapter.embeddings, ids, max_new_tokens=6, eos_id=None, pad_id=0
+        )
+        assert base.model.config._attn_implementation == "test_no_4d_masks"
+    finally:
+        base.model.set_attn_implementation(saved)
+    assert got == [reference_greedy(base, adapter, row, 6) for row in ids]

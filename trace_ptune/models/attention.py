@@ -79,20 +79,33 @@ def uses_alibi(config: Any) -> bool:
     )
 
 
-def check_attention(config: Any) -> None:
-    """Refuse what mixed soft-prompt batches cannot serve correctly, in one sentence: ALiBi
-    biases (built from key columns, which the padding inside a row shifts) and a sliding-window
-    model whose attention cannot take the position-based masks."""
-    from trace_ptune.errors import ModelLoadError
-
+def check_alibi(config: Any) -> None:
+    """Refuse ALiBi models in one sentence: their biases are built from key columns, which the
+    padding inside a row shifts, and padded soft-prompt batches came out wrong."""
     if uses_alibi(config):
+        from trace_ptune.errors import ModelLoadError
+
         raise ModelLoadError(
             f"This {getattr(config, 'model_type', 'model')} model uses ALiBi attention biases, which trace-ptune "
             "does not serve or evaluate in padded soft-prompt batches (rows came out wrong); use a "
             "rotary-position model such as Llama, Qwen, Mistral, Gemma, Phi or Falcon without alibi."
         )
+
+
+def needs_mask_attention(config: Any) -> bool:
+    """A sliding-window model whose attention implementation cannot take 4D masks."""
     impl = getattr(config, "_attn_implementation", None) or "eager"
-    if sliding_window(config) is not None and impl not in MASKED_IMPLEMENTATIONS:
+    return sliding_window(config) is not None and impl not in MASKED_IMPLEMENTATIONS
+
+
+def check_attention(config: Any) -> None:
+    """Refuse what mixed soft-prompt batches cannot serve correctly, in one sentence: ALiBi
+    biases and a sliding-window model whose attention cannot take the position-based masks."""
+    from trace_ptune.errors import ModelLoadError
+
+    check_alibi(config)
+    impl = getattr(config, "_attn_implementation", None) or "eager"
+    if needs_mask_attention(config):
         raise ModelLoadError(
             f"This model has sliding-window attention and attn_implementation={impl!r}, which cannot "
             "take the position-based masks mixed soft-prompt batches need; load it with "

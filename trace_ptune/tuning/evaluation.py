@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from trace_ptune import semconv
-from trace_ptune.models.attention import attention_mask
+from trace_ptune.models.attention import attention_mask, needs_mask_attention
 from trace_ptune.tuning.data import EncodedExample, collate, normalize_text, prompt_ids
 from trace_ptune.tuning.methods import head_logits, prefix_cache, target_losses
 
@@ -68,7 +68,33 @@ def greedy_generate(
     eos_id: int | None,
     pad_id: int,
 ) -> list[list[int]]:
-    """Greedy continuation of each prompt (token ids, eos excluded) with the soft prompt applied."""
+    """Greedy continuation of each prompt (token ids, eos excluded) with the soft prompt applied.
+
+    A sliding-window model trained with an attention that cannot take 4D masks (flash
+    attention) generates with SDPA (or eager attention) here, since its padded rows need
+    position-based masks."""
+    if needs_mask_attention(model.config):
+        impl = model.config._attn_implementation
+        try:
+            model.set_attn_implementation("sdpa")
+        except (ValueError, ImportError):  # an architecture without SDPA support (Gemma 2)
+            model.set_attn_implementation("eager")
+        try:
+            return _greedy_generate(model, method, prompt, token_ids, max_new_tokens, eos_id, pad_id)
+        finally:
+            model.set_attn_implementation(impl)
+    return _greedy_generate(model, method, prompt, token_ids, max_new_tokens, eos_id, pad_id)
+
+
+def _greedy_generate(
+    model: Any,
+    method: str,
+    prompt: Tensor,
+    token_ids: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    eos_id: int | None,
+    pad_id: int,
+) -> list[list[int]]:
     from transformers import DynamicCache
 
     B = len(token_ids)

@@ -26,7 +26,7 @@ import torch
 
 from trace_ptune import paths, semconv
 from trace_ptune.errors import ConfigError, DataError, TrainingError
-from trace_ptune.models.attention import check_attention
+from trace_ptune.models.attention import check_alibi
 from trace_ptune.telemetry import get_tracer
 from trace_ptune.tuning import data as tdata
 from trace_ptune.tuning import state as tstate
@@ -211,7 +211,7 @@ class _Trainer:
         self.model = self.base.model
         self.device = self.model.get_input_embeddings().weight.device
         self.tok = self.base.tokenizer
-        check_attention(self.model.config)  # one sentence now, not wrong evaluations later
+        check_alibi(self.model.config)  # one sentence now, not wrong evaluations later
         self.dims = model_dims(self.model)
         for p in self.model.parameters():  # frozen, whatever the caller handed us
             p.requires_grad_(False)
