@@ -36,3 +36,24 @@ def reference_greedy(base: Any, adapter: Any | None, ids: list[int], steps: int)
     for _ in range(steps):
         out.append(int(reference_logits(base, adapter, ids + out).argmax()))
     return out
+
+
+def assert_rows_match_reference(
+    base: Any, adapters: dict[str, Any], plan: list[tuple[str | None, str, int]]
+) -> list[Any]:
+    """Run ``plan`` ((adapter name or None, prompt, max_new_tokens) per row) as one mixed batch on
+    a fresh engine holding ``adapters``; assert every row equals its greedy no-cache reference up
+    to the reference's first end-of-sequence token. Returns the results."""
+    from trace_ptune.runtime import Engine, GenerationRequest
+
+    engine = Engine(base, store=object())
+    for sp in adapters.values():
+        engine.register(sp)
+    results = engine.generate([GenerationRequest(p, adapter=a, max_new_tokens=k) for a, p, k in plan])
+    eos = base.tokenizer.eos_token_id
+    for (name, prompt, k), result in zip(plan, results, strict=True):
+        expected = reference_greedy(base, adapters[name] if name else None, engine.encode(prompt), k)
+        expected = expected[: expected.index(eos) + 1] if eos in expected else expected
+        assert result.error is None
+        assert result.token_ids == expected, (name, prompt)
+    return results

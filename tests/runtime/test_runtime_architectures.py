@@ -15,11 +15,11 @@ from tests.tiny_arch import build_tiny
 from trace_ptune import semconv
 from trace_ptune.errors import ModelLoadError
 from trace_ptune.models import load_model
-from trace_ptune.runtime import Engine, GenerationRequest
+from trace_ptune.runtime import Engine
 from trace_ptune.runtime.kvcache import model_kv_layout
 
 from .conftest import make_adapter
-from .reference import reference_greedy
+from .reference import assert_rows_match_reference
 
 ARCHITECTURES = {
     "falcon": {"multi_query": True},
@@ -55,17 +55,7 @@ def test_mixed_batch_matches_reference_on_other_architectures(arch_base):
         "ptune4": make_adapter(base, semconv.METHOD_P_TUNING, 4, seed=3, name="ptune4"),
         "prefix3": make_adapter(base, semconv.METHOD_PREFIX_TUNING, 3, seed=4, name="prefix3"),
     }
-    engine = Engine(base, store=object())
-    for sp in adapters.values():
-        engine.register(sp)
-    plan = [(name, prompt, 8) for prompt in PROMPTS for name in (None, *adapters)]
-    results = engine.generate([GenerationRequest(p, adapter=a, max_new_tokens=k) for a, p, k in plan])
-    eos = base.tokenizer.eos_token_id
-    for (name, prompt, k), result in zip(plan, results, strict=True):
-        expected = reference_greedy(base, adapters[name] if name else None, engine.encode(prompt), k)
-        expected = expected[: expected.index(eos) + 1] if eos in expected else expected
-        assert result.error is None
-        assert result.token_ids == expected, (name, prompt)
+    assert_rows_match_reference(base, adapters, [(n, p, 8) for p in PROMPTS for n in (None, *adapters)])
 
 
 @pytest.mark.parametrize(

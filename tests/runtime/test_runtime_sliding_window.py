@@ -16,10 +16,10 @@ from trace_ptune import semconv
 from trace_ptune.errors import ModelLoadError
 from trace_ptune.models import load_model
 from trace_ptune.models.attention import sliding_window
-from trace_ptune.runtime import Engine, GenerationRequest
+from trace_ptune.runtime import Engine
 
 from .conftest import make_adapter
-from .reference import reference_greedy
+from .reference import assert_rows_match_reference, reference_greedy
 
 WINDOW = 12
 PROMPTS = [
@@ -67,17 +67,8 @@ def test_mixed_batch_matches_reference_on_sliding_window_models(sliding_base):
         "prefix3": make_adapter(base, semconv.METHOD_PREFIX_TUNING, 3, seed=4, name="prefix3"),
         "pt15": make_adapter(base, semconv.METHOD_PROMPT_TUNING, 15, seed=5, name="pt15"),  # > window
     }
-    engine = Engine(base, store=object())
-    for sp in adapters.values():
-        engine.register(sp)
     plan = [(name, prompt, 10) for prompt in PROMPTS for name in (None, "pt5", "ptune7", "prefix3", "pt15")]
-    results = engine.generate([GenerationRequest(p, adapter=a, max_new_tokens=k) for a, p, k in plan])
-    eos = base.tokenizer.eos_token_id
-    for (name, prompt, k), result in zip(plan, results, strict=True):
-        expected = reference_greedy(base, adapters[name] if name else None, engine.encode(prompt), k)
-        expected = expected[: expected.index(eos) + 1] if eos in expected else expected
-        assert result.error is None
-        assert result.token_ids == expected, (name, prompt)
+    results = assert_rows_match_reference(base, adapters, plan)
     # the soft prompts matter on these models too, so the comparison can tell rows apart
     by_adapter = {name: r.token_ids for (name, p, _), r in zip(plan, results, strict=True) if p == PROMPTS[0]}
     assert len({tuple(v) for v in by_adapter.values()}) == len(by_adapter)
