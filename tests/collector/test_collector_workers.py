@@ -141,8 +141,11 @@ def test_cli_workers_count_auto_and_bad_values(tmp_path, monkeypatch):
 def _children(pid: int) -> list[int]:
     out: list[int] = []
     for tid in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{tid}/children") as f:
-            out += [int(x) for x in f.read().split()]
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(x) for x in f.read().split()]
+        except FileNotFoundError:  # a thread that ended meanwhile
+            continue
     return out
 
 
