@@ -49,3 +49,33 @@ def test_training_an_alibi_model_is_refused_before_any_step(tmp_path, toy_data, 
     )
     with pytest.raises(ModelLoadError, match="uses ALiBi attention biases"):
         train(config)
+
+
+def test_peft_adapters_of_falcon_import_or_are_refused_with_the_reason(arch_dir, tmp_path):
+    from peft import PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
+
+    from tests.runtime.reference import assert_rows_match_reference
+    from trace_ptune.adapters import import_peft
+    from trace_ptune.errors import AdapterMismatchError
+
+    base = load_model(str(arch_dir), dtype=torch.float64)
+    for config_class in (PromptTuningConfig, PrefixTuningConfig):
+        peft_model = get_peft_model(
+            load_model(str(arch_dir), dtype=torch.float64).model,
+            config_class(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=4),
+        )
+        with torch.no_grad():
+            for p in peft_model.parameters():
+                if p.requires_grad:
+                    p.normal_(0, 0.5)
+        out = tmp_path / config_class.__name__
+        peft_model.save_pretrained(out)
+        if config_class is PrefixTuningConfig and arch_dir.name.startswith("falcon"):
+            # PEFT sizes the prefix from config fields: 4 K/V heads for a cache that holds one
+            with pytest.raises(AdapterMismatchError, match="multi-query caches such as Falcon's"):
+                import_peft(out, base=base)
+            continue
+        sp = import_peft(out, base=base)
+        sp.name = "imported"
+        plan = [(a, p, 5) for p in ("hello world", "one two three four five") for a in (None, "imported")]
+        assert_rows_match_reference(base, {"imported": sp}, plan)

@@ -179,8 +179,9 @@ class SoftPrompt:
             theirs = (base.num_layers, base.num_kv_heads, base.head_dim)
             if ours != theirs:
                 raise AdapterMismatchError(
-                    f"Adapter {label!r} has a prefix for (layers, kv_heads, head_dim) = {ours} but base "
-                    f"{base.name!r} has {theirs}; use the base model it was trained on."
+                    f"Adapter {label!r} has a prefix for (layers, kv_heads, head_dim) = {ours} but the cache of "
+                    f"base {base.name!r} holds {theirs}; use the base model it was trained on (a prefix sized "
+                    "from config fields, as PEFT does, misses multi-query caches such as Falcon's)."
                 )
         if self.base_fingerprint and self.base_fingerprint != base.fingerprint and not allow_base_mismatch:
             raise AdapterMismatchError(
