@@ -15,7 +15,6 @@ import ctypes
 import json
 import multiprocessing
 import os
-import pickle
 import queue
 import socket
 import struct
@@ -168,12 +167,13 @@ class _WorkerDied(CollectorError):
     """A conversion worker process exited; the request is answered with a retryable error."""
 
 
-_HEADER = struct.Struct("<QQ")  # lengths of the pickled head and of the payload after it
+_HEADER = struct.Struct("<QQ")  # lengths of the JSON head and of the payload after it
 
 
 def _send(sock: socket.socket, head: Any, payload: list[Any]) -> None:
-    """One message: a pickled head, then the payload buffers back to back."""
-    meta = pickle.dumps(head)
+    """One message: a JSON head (plain values: nothing executable crosses the socket), then the
+    payload buffers back to back."""
+    meta = json.dumps(head, separators=(",", ":")).encode()
     sock.sendall(_HEADER.pack(len(meta), sum(memoryview(p).nbytes for p in payload)) + meta)
     for part in payload:
         sock.sendall(part)
@@ -193,11 +193,11 @@ def _recv_exact(sock: socket.socket, n: int) -> bytearray:
 
 def _recv(sock: socket.socket) -> tuple[Any, bytearray]:
     meta_len, payload_len = _HEADER.unpack(_recv_exact(sock, _HEADER.size))
-    return pickle.loads(_recv_exact(sock, meta_len)), _recv_exact(sock, payload_len)
+    return json.loads(_recv_exact(sock, meta_len)), _recv_exact(sock, payload_len)
 
 
 def _worker_main(conn: Any) -> None:  # pragma: no cover - runs in the worker process
-    """A conversion worker: (signal, fmt) + body in; ("ok", batch fields, stream lengths) + one
+    """A conversion worker: [signal, fmt] + body in; ["ok", batch fields, stream lengths] + one
     Arrow IPC stream per table out, or ("bad" | "error", message). Ends when the pipe closes."""
     import signal as _signal
 
@@ -237,7 +237,7 @@ def _worker_main(conn: Any) -> None:  # pragma: no cover - runs in the worker pr
             batch.accepted,
             batch.rejected,
             batch.error,
-            batch.missing,
+            sorted(batch.missing),
             batch.eval_min_ts,
         )
         _send(sock, ("ok", fields, [s.size for s in streams]), streams)
@@ -279,7 +279,7 @@ class _Worker:
             accepted=accepted,
             rejected=rejected,
             error=error,
-            missing=missing,
+            missing=set(missing),
             eval_min_ts=eval_min_ts,
         )
 
