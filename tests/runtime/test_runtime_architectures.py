@@ -82,3 +82,10 @@ def test_a_latent_attention_cache_is_refused_in_one_sentence(tmp_path, _models):
     with pytest.raises(ModelLoadError, match="do not all hold keys and values of one") as info:
         Engine(base, store=object())
     assert "\n" not in str(info.value)
+    # still described by `trace-ptune models info`, without a K/V layout
+    described = base.info()
+    assert (described["model_type"], described["num_layers"], described["num_kv_heads"]) == (
+        "deepseek_v3",
+        2,
+        None,
+    )

@@ -102,7 +102,16 @@ class BaseModel:
         return next(self.model.parameters()).device
 
     def info(self) -> dict[str, Any]:
-        """Name, fingerprint and shape as a plain dict (what ``trace-ptune models info`` prints)."""
+        """Name, fingerprint and shape as a plain dict (what ``trace-ptune models info`` prints).
+
+        ``num_kv_heads`` and ``head_dim`` are None for a cache soft prompts cannot use (latent
+        attention, hybrid models): the model is still described, not refused."""
+        from trace_ptune.models.attention import kv_layout
+
+        try:
+            layers, kv_heads, head_dim = kv_layout(self.model)
+        except ModelLoadError:
+            layers, kv_heads, head_dim = int(self.config.num_hidden_layers), None, None
         return {
             "name": self.name,
             "fingerprint": self.fingerprint,
@@ -112,10 +121,10 @@ class BaseModel:
             "device": str(self.device),
             "vocab_size": self.vocab_size,
             "hidden_size": self.hidden_size,
-            "num_layers": self.num_layers,
+            "num_layers": layers,
             "num_heads": self.num_heads,
-            "num_kv_heads": self.num_kv_heads,
-            "head_dim": self.head_dim,
+            "num_kv_heads": kv_heads,
+            "head_dim": head_dim,
             "parameters": sum(p.numel() for p in self.model.parameters()),
         }
 
