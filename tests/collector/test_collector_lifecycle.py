@@ -62,8 +62,9 @@ def test_kill_9_during_ingestion_loses_no_acknowledged_span(tmp_path):
     assert set(acked) <= stored
 
 
-def test_overload_answers_429_and_retrying_exporters_lose_nothing(make_collector):
-    c = make_collector(max_queue_rows=120)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_overload_answers_429_and_retrying_exporters_lose_nothing(make_collector, workers):
+    c = make_collector(max_queue_rows=120, workers=workers)
     store = c.store
     # Stall the writer so the queue fills up.
     stall = threading.Thread(target=store.run_task, args=(lambda con: time.sleep(1.5),))
