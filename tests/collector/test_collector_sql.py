@@ -175,6 +175,8 @@ def test_psql_reads_while_refusing_writes(loaded):
         assert "main|spans|table|trace-ptune" in out.stdout.splitlines()
     out = subprocess.run([*base, "-c", r"\dn"], capture_output=True, text=True, env=env, timeout=30)
     assert out.returncode == 0 and "main|trace-ptune" in out.stdout, out.stderr
+    out = subprocess.run([*base, "-c", r"\l"], capture_output=True, text=True, env=env, timeout=30)
+    assert out.returncode == 0 and out.stdout.splitlines() == ["traces|trace-ptune|UTF8|C|C||libc|"], out
     # \d TABLE reads pg_class columns DuckDB lacks: a clean error, and DESCRIBE answers instead.
     out = subprocess.run([*base, "-c", r"\d spans"], capture_output=True, text=True, env=env, timeout=30)
     answered = out.returncode == 0 and "Timestamp" in out.stdout

@@ -101,7 +101,20 @@ _SHOW = re.compile(r"^\s*show\s+(\"?[\w.]+\"?)\s*;?\s*$", re.IGNORECASE)
 _VERSION_CALL = re.compile(r"\b(?:pg_catalog\.)?version\s*\(\s*\)", re.IGNORECASE)
 # What psql's listing commands (\d, \dt, \dv, \dn) send that DuckDB's pg_catalog lacks: owner
 # names, the default collation and the OPERATOR(...) syntax.
+# DuckDB's pg_database has oid, datname, datallowconn and datistemplate only: psql's \l reads
+# the columns PostgreSQL has (owner, encoding, locale, ACL) from this stand-in instead.
+_PG_DATABASE = (
+    "(SELECT oid, datname, datallowconn, datistemplate, 10 AS datdba, 6 AS encoding, "
+    "'C' AS datcollate, 'C' AS datctype, 'C' AS datlocale, NULL AS daticulocale, NULL AS daticurules, "
+    "'c' AS datlocprovider, NULL::VARCHAR[] AS datacl FROM pg_catalog.pg_database "
+    "WHERE datname NOT IN ('system', 'temp'))"
+)
+
 _PSQL_COMPAT = (
+    (re.compile(r"\bpg_catalog\.pg_database\b(?!\s*\()", re.IGNORECASE), _PG_DATABASE),
+    (re.compile(r"\b(?:pg_catalog\.)?pg_encoding_to_char\s*\(\s*[\w.]+\s*\)", re.IGNORECASE), "'UTF8'"),
+    # DuckDB's pg_catalog.array_to_string is a macro that refuses lists; its own function takes them
+    (re.compile(r"\bpg_catalog\.array_to_string\s*\(", re.IGNORECASE), "array_to_string("),
     (re.compile(r"\b(?:pg_catalog\.)?pg_get_userbyid\s*\(\s*[\w.]+\s*\)", re.IGNORECASE), "'trace-ptune'"),
     (re.compile(r"\s+COLLATE\s+(?:pg_catalog\.)?\"?default\"?", re.IGNORECASE), ""),
     (re.compile(r"\bOPERATOR\s*\(\s*(?:pg_catalog\.)?([~!=<>]+)\s*\)", re.IGNORECASE), r"\1"),
