@@ -110,8 +110,32 @@ _PG_DATABASE = (
     "WHERE datname NOT IN ('system', 'temp'))"
 )
 
+# ... and its pg_class lacks relforcerowsecurity, which psql's \d TABLE reads.
+_PG_CLASS = "(SELECT *, false AS relforcerowsecurity FROM pg_catalog.pg_class)"
+
+# Catalogs of features DuckDB does not have (row security, extended statistics, publications,
+# inheritance, triggers, rules): psql's \d TABLE asks about them, and the answer is "none".
+_ABSENT_CATALOGS = re.compile(
+    r"\bpg_catalog\.(?:pg_policy|pg_statistic_ext|pg_publication\w*|pg_inherits|pg_trigger|pg_rewrite"
+    r"|pg_partitioned_table|pg_event_trigger)\b",
+    re.IGNORECASE,
+)
+
 _PSQL_COMPAT = (
     (re.compile(r"\bpg_catalog\.pg_database\b(?!\s*\()", re.IGNORECASE), _PG_DATABASE),
+    (re.compile(r"\bpg_catalog\.pg_class\b(?!\s*\()", re.IGNORECASE), _PG_CLASS),
+    (
+        re.compile(
+            r"::\s*pg_catalog\.reg(?:type|class|namespace)(?:\s*::\s*pg_catalog\.text)?\b", re.IGNORECASE
+        ),
+        "::VARCHAR",
+    ),
+    (
+        re.compile(r"\b(pg_catalog\.pg_get_expr\s*\([^(),]+,[^(),]+),\s*(?:true|false)\s*\)", re.IGNORECASE),
+        r"\1)",
+    ),
+    # no index definitions in DuckDB's catalog: psql lists the index by name
+    (re.compile(r"\bpg_catalog\.pg_get_indexdef\s*\([^()]*\)", re.IGNORECASE), "NULL"),
     (re.compile(r"\b(?:pg_catalog\.)?pg_encoding_to_char\s*\(\s*[\w.]+\s*\)", re.IGNORECASE), "'UTF8'"),
     # DuckDB's pg_catalog.array_to_string is a macro that refuses lists; its own function takes them
     (re.compile(r"\bpg_catalog\.array_to_string\s*\(", re.IGNORECASE), "array_to_string("),
@@ -334,6 +358,8 @@ def _classify(sql: str) -> _Prepared:
         word = stripped.split(None, 1)[0].upper()
         return _Prepared(sql, [], "tag", "DISCARD ALL" if word == "DISCARD" else word)
     text = _VERSION_CALL.sub("'" + VERSION_STRING.replace("'", "''") + "'", stripped)
+    if "pg_catalog" in text and _ABSENT_CATALOGS.search(text):
+        return _Prepared(sql, [], "show", result=([("?column?", 25, -1)], []))
     if "pg_catalog" in text:
         for pattern, repl in _PSQL_COMPAT:
             text = pattern.sub(repl, text)
