@@ -99,8 +99,6 @@ _COMMIT = re.compile(r"^\s*(commit|end)\b", re.IGNORECASE)
 _ROLLBACK = re.compile(r"^\s*(rollback|abort)\b", re.IGNORECASE)
 _SHOW = re.compile(r"^\s*show\s+(\"?[\w.]+\"?)\s*;?\s*$", re.IGNORECASE)
 _VERSION_CALL = re.compile(r"\b(?:pg_catalog\.)?version\s*\(\s*\)", re.IGNORECASE)
-# What psql's listing commands (\d, \dt, \dv, \dn) send that DuckDB's pg_catalog lacks: owner
-# names, the default collation and the OPERATOR(...) syntax.
 # DuckDB's pg_database has oid, datname, datallowconn and datistemplate only: psql's \l reads
 # the columns PostgreSQL has (owner, encoding, locale, ACL) from this stand-in instead.
 _PG_DATABASE = (
@@ -115,12 +113,16 @@ _PG_CLASS = "(SELECT *, false AS relforcerowsecurity FROM pg_catalog.pg_class)"
 
 # Catalogs of features DuckDB does not have (row security, extended statistics, publications,
 # inheritance, triggers, rules): psql's \d TABLE asks about them, and the answer is "none".
+_SINGLE_SELECT = re.compile(r"^\s*select\b[^;]*$", re.IGNORECASE | re.DOTALL)
 _ABSENT_CATALOGS = re.compile(
     r"\bpg_catalog\.(?:pg_policy|pg_statistic_ext|pg_publication\w*|pg_inherits|pg_trigger|pg_rewrite"
     r"|pg_partitioned_table|pg_event_trigger)\b",
     re.IGNORECASE,
 )
 
+# What psql's catalog commands (\d, \dt, \dv, \dn, \l, \d TABLE) send that DuckDB's pg_catalog
+# lacks: the stand-ins above, owner names, encodings, reg* casts, the default collation and the
+# OPERATOR(...) syntax.
 _PSQL_COMPAT = (
     (re.compile(r"\bpg_catalog\.pg_database\b(?!\s*\()", re.IGNORECASE), _PG_DATABASE),
     (re.compile(r"\bpg_catalog\.pg_class\b(?!\s*\()", re.IGNORECASE), _PG_CLASS),
@@ -358,9 +360,10 @@ def _classify(sql: str) -> _Prepared:
         word = stripped.split(None, 1)[0].upper()
         return _Prepared(sql, [], "tag", "DISCARD ALL" if word == "DISCARD" else word)
     text = _VERSION_CALL.sub("'" + VERSION_STRING.replace("'", "''") + "'", stripped)
-    if "pg_catalog" in text and _ABSENT_CATALOGS.search(text):
-        return _Prepared(sql, [], "show", result=([("?column?", 25, -1)], []))
     if "pg_catalog" in text:
+        if _ABSENT_CATALOGS.search(text) and _SINGLE_SELECT.match(text):
+            # answered without running (and so without parsing PostgreSQL-only syntax)
+            return _Prepared(sql, [], "show", result=([("?column?", 25, -1)], []))
         for pattern, repl in _PSQL_COMPAT:
             text = pattern.sub(repl, text)
     try:
