@@ -116,8 +116,13 @@ def test_psycopg_simple_and_extended_protocols(loaded):
             conn.execute("SELECT * FROM read_csv(%s)", ["/etc/passwd"])
         # catalogs DuckDB lacks answer "no rows" without running, but only for a lone SELECT
         assert conn.execute("SELECT tgname FROM pg_catalog.pg_trigger").fetchall() == []
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):  # simple protocol: each statement checked
             conn.execute("DELETE FROM spans; SELECT tgname FROM pg_catalog.pg_trigger")
+        with pytest.raises(psycopg.errors.SyntaxError, match="one statement at a time"):  # extended protocol
+            conn.execute(
+                "DELETE FROM spans; SELECT tgname FROM pg_catalog.pg_trigger WHERE tgname <> %s", ["x"]
+            )
+        assert conn.execute("SELECT count(*) FROM spans").fetchone() == (3,)
         with pytest.raises(psycopg.errors.UndefinedTable):
             conn.execute("SELECT * FROM nope")
         assert conn.execute("SELECT 2").fetchone() == (2,)  # the session survives errors
