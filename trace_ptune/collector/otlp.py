@@ -14,6 +14,7 @@ Timestamps are kept as integer microseconds since the epoch until the writer ins
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import operator
 import os
@@ -223,12 +224,17 @@ def _arrow_column(col: Any, typ: Any, n: int) -> Any:
     return pa.array(col, type=typ, size=n)
 
 
+@functools.cache
+def _column_types(table: str, columns: tuple[str, ...]) -> list[Any]:
+    """The Arrow types of ``columns`` of ``table``."""
+    kinds = COLUMN_KINDS.get(table, {})
+    return [_arrow_type(kinds.get(c, "text")) for c in columns]
+
+
 def _arrow_table(name: str, cols: list[Any], n: int) -> Any:
-    kinds = COLUMN_KINDS.get(name, {})
     names = TABLE_COLUMNS[name]
-    arrays = [
-        _arrow_column(col, _arrow_type(kinds.get(c, "text")), n) for col, c in zip(cols, names, strict=True)
-    ]
+    types = _column_types(name, names)
+    arrays = [_arrow_column(col, typ, n) for col, typ in zip(cols, types, strict=True)]
     return pa.Table.from_arrays(arrays, names=list(names))
 
 
@@ -538,30 +544,14 @@ _WALK_COLUMNS = (*_SPAN_ROW_COLUMNS, *SPAN_COLUMNS[SPAN_COLUMNS.index("adapter_h
 _WALK_KINDS = b"".join(
     b"i" if COLUMN_KINDS[semconv.TABLE_SPANS].get(c) in ("ts", "int") else b"s" for c in _WALK_COLUMNS
 )
-_WALK_TYPES: list[Any] = []
 _EVAL_KINDS = b"".join(
     {"ts": b"i", "int": b"i", "float": b"f"}.get(COLUMN_KINDS[semconv.TABLE_EVALUATIONS].get(c, ""), b"s")
     for c in EVAL_COLUMNS
 )
-_EVAL_TYPES: list[Any] = []
-
-
-def _eval_types() -> list[Any]:
-    if not _EVAL_TYPES:
-        kinds = COLUMN_KINDS[semconv.TABLE_EVALUATIONS]
-        _EVAL_TYPES.extend(_arrow_type(kinds.get(c, "text")) for c in EVAL_COLUMNS)
-    return _EVAL_TYPES
 
 
 _PROMOTED_KEYS = tuple(_PROMOTED_INDEX)  # in index order
 _PROMOTED_KINDS = b"".join(b"i" if k in _INT_PROMOTED else b"s" for k in _PROMOTED_KEYS)
-
-
-def _walk_types() -> list[Any]:
-    if not _WALK_TYPES:
-        kinds = COLUMN_KINDS[semconv.TABLE_SPANS]
-        _WALK_TYPES.extend(_arrow_type(kinds.get(c, "text")) for c in _WALK_COLUMNS)
-    return _WALK_TYPES
 
 
 def _from_buffers(spec: tuple, typ: Any) -> Any:
@@ -653,8 +643,12 @@ class TraceConverter:
             )  # fmt: skip
         except ValueError as exc:  # the wire format (callbacks raise MalformedPayload themselves)
             raise MalformedPayload(f"the body is not a valid OTLP spans protobuf message: {exc}") from None
-        cols = [_from_buffers(spec, typ) for spec, typ in zip(cols, _walk_types(), strict=True)]
-        eval_rows = [_from_buffers(spec, typ) for spec, typ in zip(eval_rows, _eval_types(), strict=True)]
+        cols = [
+            _from_buffers(spec, typ)
+            for spec, typ in zip(cols, _column_types(semconv.TABLE_SPANS, _WALK_COLUMNS), strict=True)
+        ]
+        eval_types = _column_types(semconv.TABLE_EVALUATIONS, EVAL_COLUMNS)
+        eval_rows = [_from_buffers(spec, typ) for spec, typ in zip(eval_rows, eval_types, strict=True)]
         runs = [_Runs() for _ in _SPAN_RUN_COLUMNS]
         for group in groups:
             for col, value in zip(runs, group[:4], strict=True):
