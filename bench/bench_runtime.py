@@ -41,9 +41,9 @@ sys.path.insert(0, str(ROOT))
 from trace_ptune import semconv  # noqa: E402
 from trace_ptune.adapters.artifact import SoftPrompt  # noqa: E402
 from trace_ptune.models import load_model  # noqa: E402
+from trace_ptune.models.attention import kv_layout  # noqa: E402
 from trace_ptune.runtime import Engine, GenerationRequest  # noqa: E402
 from trace_ptune.runtime.batching import prefill  # noqa: E402
-from trace_ptune.runtime.kvcache import model_kv_layout  # noqa: E402
 
 
 class _NoStore:
@@ -234,7 +234,7 @@ def full_prefill_first_token(base: Any, prompts: torch.Tensor, sp: SoftPrompt) -
 def _prefill_after_cache(base: Any, prompts: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
     """With the prompt-KV cache: every row prefills only its prompt after the cached prefix."""
     ids = prompts.tolist()
-    layout = model_kv_layout(base.model)
+    layout = kv_layout(base.model)
     _, logits = prefill(base.model, [kv] * len(ids), ids, layout=layout, pad_token_id=0)
     return logits.argmax(-1)
 

@@ -15,8 +15,8 @@ from tests.tiny_arch import build_tiny
 from trace_ptune import semconv
 from trace_ptune.errors import ModelLoadError
 from trace_ptune.models import load_model
+from trace_ptune.models.attention import kv_layout
 from trace_ptune.runtime import Engine
-from trace_ptune.runtime.kvcache import model_kv_layout
 
 from .conftest import make_adapter
 from .reference import assert_rows_match_reference
@@ -42,7 +42,7 @@ def arch_base(request, tmp_path_factory, _models):
 
 def test_kv_layout_is_what_the_cache_holds(arch_base):
     kind, base = arch_base
-    layers, kv_heads, head_dim = model_kv_layout(base.model)
+    layers, kv_heads, head_dim = kv_layout(base.model)
     assert (layers, head_dim) == (2, 16)
     assert kv_heads == (1 if kind == "falcon" else 4 if kind == "gpt_neox" else 2)
     assert (base.num_layers, base.num_kv_heads, base.head_dim) == (layers, kv_heads, head_dim)

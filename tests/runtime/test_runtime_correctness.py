@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from trace_ptune import semconv
+from trace_ptune.models.attention import kv_layout
 from trace_ptune.runtime import Engine, GenerationRequest, batching
-from trace_ptune.runtime.kvcache import compute_prefix_kv, model_kv_layout
+from trace_ptune.runtime.kvcache import compute_prefix_kv
 
 from .conftest import make_adapter
 from .reference import reference_greedy, reference_logits
@@ -94,7 +95,7 @@ def test_float32_logits_within_tolerance_and_tokens_equal_where_the_margin_is_cl
         base32.model,
         [engine.registry.prefix_kv(e) if e else None for e in entries],
         prompts,
-        layout=model_kv_layout(base32.model),
+        layout=kv_layout(base32.model),
         pad_token_id=engine.pad_token_id,
     )
     clear = 0

@@ -67,10 +67,15 @@ class BaseModel:
         return int(self.config.hidden_size)
 
     @property
-    def num_layers(self) -> int:
+    def kv_layout(self) -> tuple[int, int, int]:
+        """(layers, kv_heads, head_dim) the cache holds (measured once: config fields can disagree)."""
         from trace_ptune.models.attention import kv_layout
 
-        return kv_layout(self.model)[0]
+        return kv_layout(self.model)
+
+    @property
+    def num_layers(self) -> int:
+        return self.kv_layout[0]
 
     @property
     def num_heads(self) -> int:
@@ -78,16 +83,11 @@ class BaseModel:
 
     @property
     def num_kv_heads(self) -> int:
-        """Key/value heads the cache holds per layer (measured: config fields can disagree)."""
-        from trace_ptune.models.attention import kv_layout
-
-        return kv_layout(self.model)[1]
+        return self.kv_layout[1]
 
     @property
     def head_dim(self) -> int:
-        from trace_ptune.models.attention import kv_layout
-
-        return kv_layout(self.model)[2]
+        return self.kv_layout[2]
 
     @property
     def vocab_size(self) -> int:
@@ -106,10 +106,8 @@ class BaseModel:
 
         ``num_kv_heads`` and ``head_dim`` are None for a cache soft prompts cannot use (latent
         attention, hybrid models): the model is still described, not refused."""
-        from trace_ptune.models.attention import kv_layout
-
         try:
-            layers, kv_heads, head_dim = kv_layout(self.model)
+            layers, kv_heads, head_dim = self.kv_layout
         except ModelLoadError:
             layers, kv_heads, head_dim = int(self.config.num_hidden_layers), None, None
         return {

@@ -43,7 +43,6 @@ from opentelemetry import context as otel_context
 from trace_ptune.errors import GenerationError, TracePtuneError
 from trace_ptune.models.attention import check_attention
 from trace_ptune.runtime import batching
-from trace_ptune.runtime.kvcache import model_kv_layout
 from trace_ptune.runtime.registry import AdapterEntry, AdapterRegistry
 from trace_ptune.runtime.requests import (
     FINISH_CANCELLED,
@@ -165,7 +164,7 @@ class Engine:
         self.scorers: list[Scorer] = list(scorers)
         if on_result is not None:
             self.scorers.append(on_result)
-        self._layout = model_kv_layout(self.model)
+        self._layout = base.kv_layout
         config = self.model.config
         check_attention(config)  # before any request: a clear error instead of wrong rows
         self.context_length = int(getattr(config, "max_position_embeddings", 0) or 2**31)

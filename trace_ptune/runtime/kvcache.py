@@ -23,12 +23,6 @@ import torch
 from transformers import DynamicCache
 
 from trace_ptune import semconv
-from trace_ptune.models.attention import kv_layout
-
-
-def model_kv_layout(model: Any) -> tuple[int, int, int]:
-    """(layers, kv_heads, head_dim) of a decoder's cache (measured, see ``kv_layout``)."""
-    return kv_layout(model)
 
 
 @torch.inference_mode()

@@ -26,7 +26,7 @@ from trace_ptune.errors import (
     AdapterNotFoundError,
     TracePtuneError,
 )
-from trace_ptune.runtime.kvcache import PromptKVCache, compute_prefix_kv, model_kv_layout
+from trace_ptune.runtime.kvcache import PromptKVCache, compute_prefix_kv
 
 logger = logging.getLogger(__name__)
 
@@ -257,7 +257,7 @@ class AdapterRegistry:
                     f"adapter {_label(sp)} was trained on base {fp[:19]}, not {self.base.fingerprint[:19]};"
                     " load it on its own base or pass allow_base_mismatch=True."
                 )
-        layers, kv_heads, head_dim = model_kv_layout(self.base.model)
+        layers, kv_heads, head_dim = self.base.kv_layout
         n = int(sp.num_virtual_tokens)
         if sp.method == semconv.METHOD_PREFIX_TUNING:
             want: tuple[int, ...] = (layers, 2, kv_heads, n, head_dim)
