@@ -104,20 +104,33 @@ def test_evaluation_of_a_model_trained_with_an_attention_without_masks_uses_sdpa
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-    from trace_ptune.tuning.evaluation import greedy_generate
+    from trace_ptune.models.attention import masked_attention
+    from trace_ptune.tuning.data import encode_rows
+    from trace_ptune.tuning.evaluation import evaluate, greedy_generate
 
     AttentionInterface.register("test_no_4d_masks", sdpa_attention_forward)
     AttentionMaskInterface.register("test_no_4d_masks", sdpa_mask)
     base = sliding_base
     saved = base.model.config._attn_implementation
     base.model.set_attn_implementation("test_no_4d_masks")
+    adapter = make_adapter(base, semconv.METHOD_PROMPT_TUNING, 5, seed=2)
+    ids = [base.tokenizer.encode(p, add_special_tokens=False) for p in PROMPTS]
     try:
-        adapter = make_adapter(base, semconv.METHOD_PROMPT_TUNING, 5, seed=2)
-        ids = [base.tokenizer.encode(p, add_special_tokens=False) for p in PROMPTS]
-        got = greedy_generate(
-            base.model, adapter.method, adapter.embeddings, ids, max_new_tokens=6, eos_id=None, pad_id=0
-        )
+        args = (base.model, adapter.method, adapter.embeddings, ids)
+        with pytest.raises(ModelLoadError, match="attn_implementation='sdpa' or 'eager'"):
+            greedy_generate(*args, max_new_tokens=6, eos_id=None, pad_id=0)  # padded rows need masks
+        with masked_attention(base.model):
+            got = greedy_generate(*args, max_new_tokens=6, eos_id=None, pad_id=0)
         assert base.model.config._attn_implementation == "test_no_4d_masks"
+        # the trainer's evaluation generates under that switch (its loss pass runs the stand-in
+        # attention itself, which is SDPA's: Gemma 2's soft-capping needs eager, so not there)
+        if base.config.model_type != "gemma2":
+            rows = [{"input": p, "target": " yes"} for p in PROMPTS]
+            examples, _ = encode_rows(rows, base.tokenizer, max_length=64)
+            result = evaluate(base.model, base.tokenizer, adapter.method, adapter.embeddings, rows, examples,
+                              batch_size=8, max_new_tokens=4)  # fmt: skip
+            assert len(result.values["exact_match"]) == len(PROMPTS)
+            assert base.model.config._attn_implementation == "test_no_4d_masks"
     finally:
         base.model.set_attn_implementation(saved)
     assert got == [reference_greedy(base, adapter, row, 6) for row in ids]

@@ -13,6 +13,8 @@ positions; the runtime's decode loop and the trainer's evaluation both use them.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -96,6 +98,25 @@ def needs_mask_attention(config: Any) -> bool:
     """A sliding-window model whose attention implementation cannot take 4D masks."""
     impl = getattr(config, "_attn_implementation", None) or "eager"
     return sliding_window(config) is not None and impl not in MASKED_IMPLEMENTATIONS
+
+
+@contextlib.contextmanager
+def masked_attention(model: Any) -> Iterator[None]:
+    """SDPA (or eager attention) for the duration, on a sliding-window model whose attention
+    cannot take 4D masks (flash attention, fine for right-padded training): padded rows need the
+    position-based masks of :func:`attention_mask`. Other models are left as they are."""
+    if not needs_mask_attention(model.config):
+        yield
+        return
+    impl = model.config._attn_implementation
+    try:
+        model.set_attn_implementation("sdpa")
+    except (ValueError, ImportError):  # an architecture without SDPA support (Gemma 2)
+        model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(impl)
 
 
 def check_attention(config: Any) -> None:

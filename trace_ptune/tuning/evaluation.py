@@ -7,8 +7,7 @@ row its own position ids, so padding never shifts the text against the prompt.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +15,7 @@ import torch
 from torch import Tensor
 
 from trace_ptune import semconv
-from trace_ptune.models.attention import attention_mask, needs_mask_attention
+from trace_ptune.models.attention import attention_mask, masked_attention
 from trace_ptune.tuning.data import EncodedExample, collate, normalize_text, prompt_ids
 from trace_ptune.tuning.methods import head_logits, prefix_cache, target_losses
 
@@ -58,24 +57,6 @@ def example_losses(
     return out
 
 
-@contextlib.contextmanager
-def _attention_with_masks(model: Any) -> Iterator[None]:
-    """SDPA (or eager attention) for the duration, on a sliding-window model trained with an
-    attention that cannot take 4D masks (flash attention): padded rows need position-based masks."""
-    if not needs_mask_attention(model.config):
-        yield
-        return
-    impl = model.config._attn_implementation
-    try:
-        model.set_attn_implementation("sdpa")
-    except (ValueError, ImportError):  # an architecture without SDPA support (Gemma 2)
-        model.set_attn_implementation("eager")
-    try:
-        yield
-    finally:
-        model.set_attn_implementation(impl)
-
-
 @torch.no_grad()
 def greedy_generate(
     model: Any,
@@ -88,61 +69,60 @@ def greedy_generate(
     pad_id: int,
 ) -> list[list[int]]:
     """Greedy continuation of each prompt (token ids, eos excluded) with the soft prompt applied."""
-    with _attention_with_masks(model):
-        from transformers import DynamicCache
+    from transformers import DynamicCache
 
-        B = len(token_ids)
-        T = max(len(t) for t in token_ids)
-        ids = torch.full((B, T), pad_id, dtype=torch.long)
-        text_mask = torch.zeros((B, T), dtype=torch.long)
-        for b, t in enumerate(token_ids):
-            if t:
-                ids[b, T - len(t) :] = torch.tensor(list(t), dtype=torch.long)
-                text_mask[b, T - len(t) :] = 1
-        embed = model.get_input_embeddings()
-        ids, text_mask = ids.to(prompt.device), text_mask.to(prompt.device)
-        tok = embed(ids)  # (B, T, H)
-        if method == semconv.METHOD_PREFIX_TUNING:
-            n = prompt.shape[3]
-            cache = prefix_cache(prompt.unsqueeze(0).expand(B, *prompt.shape).to(tok.dtype))
-            mask = torch.cat([text_mask.new_ones((B, n)), text_mask], dim=1)
-            positions = n + (text_mask.cumsum(1) - 1).clamp(min=0)
-            inputs = tok
-        else:
-            n = prompt.shape[0]
-            # a cache that keeps every column: the model's own would drop the columns a sliding
-            # window has passed, which the position-based masks below still count
-            cache = DynamicCache()
-            inputs = torch.cat([prompt.unsqueeze(0).expand(B, *prompt.shape).to(tok.dtype), tok], dim=1)
-            mask = torch.cat([text_mask.new_ones((B, n)), text_mask], dim=1)
-            positions = (mask.cumsum(1) - 1).clamp(min=0)
-        out: list[list[int]] = [[] for _ in range(B)]
-        done = torch.zeros(B, dtype=torch.bool)
-        for _ in range(max_new_tokens):
-            query_positions = positions[:, -inputs.shape[1] :]
-            res = model.base_model(
-                inputs_embeds=inputs,
-                attention_mask=attention_mask(model, mask, query_positions),
-                position_ids=positions,
-                cache=cache,
-                use_cache=True,
-            )
-            cache = res.cache if hasattr(res, "cache") else res.past_key_values
-            logits = head_logits(model, res.last_hidden_state[:, -1])  # (B, V)
-            nxt = logits.argmax(-1)  # (B,)
-            nxt_list = nxt.tolist()
-            for b in range(B):
-                if not done[b]:
-                    if eos_id is not None and nxt_list[b] == eos_id:
-                        done[b] = True
-                    else:
-                        out[b].append(nxt_list[b])
-            if bool(done.all()):
-                break
-            inputs = embed(nxt.unsqueeze(1))  # (B, 1, H)
-            mask = torch.cat([mask, mask.new_ones((B, 1))], dim=1)
-            positions = positions[:, -1:] + 1
-        return out
+    B = len(token_ids)
+    T = max(len(t) for t in token_ids)
+    ids = torch.full((B, T), pad_id, dtype=torch.long)
+    text_mask = torch.zeros((B, T), dtype=torch.long)
+    for b, t in enumerate(token_ids):
+        if t:
+            ids[b, T - len(t) :] = torch.tensor(list(t), dtype=torch.long)
+            text_mask[b, T - len(t) :] = 1
+    embed = model.get_input_embeddings()
+    ids, text_mask = ids.to(prompt.device), text_mask.to(prompt.device)
+    tok = embed(ids)  # (B, T, H)
+    if method == semconv.METHOD_PREFIX_TUNING:
+        n = prompt.shape[3]
+        cache = prefix_cache(prompt.unsqueeze(0).expand(B, *prompt.shape).to(tok.dtype))
+        mask = torch.cat([text_mask.new_ones((B, n)), text_mask], dim=1)
+        positions = n + (text_mask.cumsum(1) - 1).clamp(min=0)
+        inputs = tok
+    else:
+        n = prompt.shape[0]
+        # a cache that keeps every column: the model's own would drop the columns a sliding
+        # window has passed, which the position-based masks below still count
+        cache = DynamicCache()
+        inputs = torch.cat([prompt.unsqueeze(0).expand(B, *prompt.shape).to(tok.dtype), tok], dim=1)
+        mask = torch.cat([text_mask.new_ones((B, n)), text_mask], dim=1)
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+    out: list[list[int]] = [[] for _ in range(B)]
+    done = torch.zeros(B, dtype=torch.bool)
+    for _ in range(max_new_tokens):
+        query_positions = positions[:, -inputs.shape[1] :]
+        res = model.base_model(
+            inputs_embeds=inputs,
+            attention_mask=attention_mask(model, mask, query_positions),
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+        )
+        cache = res.cache if hasattr(res, "cache") else res.past_key_values
+        logits = head_logits(model, res.last_hidden_state[:, -1])  # (B, V)
+        nxt = logits.argmax(-1)  # (B,)
+        nxt_list = nxt.tolist()
+        for b in range(B):
+            if not done[b]:
+                if eos_id is not None and nxt_list[b] == eos_id:
+                    done[b] = True
+                else:
+                    out[b].append(nxt_list[b])
+        if bool(done.all()):
+            break
+        inputs = embed(nxt.unsqueeze(1))  # (B, 1, H)
+        mask = torch.cat([mask, mask.new_ones((B, 1))], dim=1)
+        positions = positions[:, -1:] + 1
+    return out
 
 
 def evaluate(
@@ -178,15 +158,16 @@ def evaluate(
                     p or prompt_ids(tokenizer, rows[e.index]["input"], chat_template)
                     for p, e in zip(prompts, chunk, strict=True)
                 ]
-            outs = greedy_generate(
-                model,
-                method,
-                prompt.detach(),
-                prompts,
-                max_new_tokens=max_new_tokens,
-                eos_id=eos,
-                pad_id=pad_id,
-            )
+            with masked_attention(model):  # flash attention (sliding windows) -> SDPA for padded rows
+                outs = greedy_generate(
+                    model,
+                    method,
+                    prompt.detach(),
+                    prompts,
+                    max_new_tokens=max_new_tokens,
+                    eos_id=eos,
+                    pad_id=pad_id,
+                )
             for e, gen in zip(chunk, outs, strict=True):
                 text = tokenizer.decode(gen, skip_special_tokens=True)
                 matches.append(float(normalize_text(text) == normalize_text(rows[e.index]["target"])))
