@@ -551,8 +551,9 @@ def main() -> None:
             results.append(bench_collector(tmp, args.batches, w, "grpc-sender"))
             print(json.dumps(results[-1]), flush=True)
         # the exporter sender with the collector's default on this machine (--workers auto)
-        auto = min(len(os.sched_getaffinity(0)), 4) if len(os.sched_getaffinity(0)) > 1 else 0
-        results.append(bench_collector(tmp, args.exporter_batches, auto, "exporter-sender"))
+        from trace_ptune.collector.ingest import auto_workers
+
+        results.append(bench_collector(tmp, args.exporter_batches, auto_workers(), "exporter-sender"))
         print(json.dumps(results[-1]), flush=True)
         for k in (1, 8) if args.bytes_batches else ():
             print(json.dumps({"bytes": bench_bytes(tmp, args.bytes_batches, k)}), flush=True)

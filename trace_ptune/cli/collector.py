@@ -149,8 +149,9 @@ def run(
 def _workers(value: str) -> int:
     """``--workers``: a count, or ``auto`` (one per usable core up to 4; none on a single core)."""
     if value.strip().lower() == "auto":
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return min(cores, 4) if cores > 1 else 0
+        from trace_ptune.collector.ingest import auto_workers
+
+        return auto_workers()
     try:
         n = int(value)
     except ValueError:

@@ -140,6 +140,13 @@ class _Converters:
         return self.convert(signal, decode(signal, body, fmt))
 
 
+def auto_workers() -> int:
+    """``--workers auto``: one conversion worker per usable core, up to 4; none on a single core
+    (the writer needs that core)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(cores, 4) if cores > 1 else 0
+
+
 def tune_allocator() -> bool:
     """Keep freed memory in the process for reuse instead of handing it back at once (glibc).
 
