@@ -39,7 +39,18 @@ TICK = os.sysconf("SC_CLK_TCK")
 # ---------------------------------------------------------------- realistic spans
 
 
-UUID_IDS = False  # --uuid-response-ids: random 128-bit response ids, as the runtime writes them
+UUID_IDS = False  # --uuid-response-ids: the runtime's own response ids (gen-<UUIDv7 hex>), at 1,000 spans/s
+
+
+def _response_id(seed: int, i: int) -> str:
+    """Short sequential ids by default; with ``UUID_IDS`` the runtime's own (``gen-`` + a
+    version-7 UUID: 48 bits of milliseconds, 74 random bits) as a server making 1,000
+    generations a second writes them."""
+    if not UUID_IDS:
+        return f"resp-{seed}-{i}"
+    from trace_ptune.runtime.requests import time_ordered_id
+
+    return time_ordered_id("gen-", 1_796_000_000_000 + seed * 512 + i)
 
 
 def make_batch(seed: int, n: int = 512, spans_per_trace: int = 1) -> bytes:
@@ -71,9 +82,7 @@ def make_batch(seed: int, n: int = 512, spans_per_trace: int = 1) -> bytes:
                 kv(s.GEN_AI_OPERATION_NAME, "text_completion"),
                 kv(s.GEN_AI_PROVIDER_NAME, "transformers"),
                 kv(s.GEN_AI_REQUEST_MODEL, "smollm2-135m"),
-                kv(
-                    s.GEN_AI_RESPONSE_ID, f"gen-{rnd.randbytes(16).hex()}" if UUID_IDS else f"resp-{seed}-{i}"
-                ),
+                kv(s.GEN_AI_RESPONSE_ID, _response_id(seed, i)),
                 kv(s.GEN_AI_REQUEST_MAX_TOKENS, 64),
                 kv(s.GEN_AI_REQUEST_TEMPERATURE, 0.0),
                 kv(s.GEN_AI_USAGE_INPUT_TOKENS, rnd.randrange(10, 200)),
@@ -525,7 +534,7 @@ def main() -> None:
     ap.add_argument(
         "--uuid-response-ids",
         action="store_true",
-        help="random 128-bit response ids (gen-<32 hex>, as the runtime writes them) instead of short sequential ones",
+        help="the runtime's own response ids (gen-<UUIDv7 hex>, at 1,000 spans/s) instead of short sequential ones",
     )
     args = ap.parse_args()
     global DISTINCT, SPANS_PER_TRACE, UUID_IDS

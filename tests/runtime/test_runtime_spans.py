@@ -148,3 +148,27 @@ def test_broken_tracer_does_not_break_generation(base64):
     results = engine.generate([GenerationRequest("hello", adapter="acme/bot", max_new_tokens=2)])
     assert results[0].error is None and results[0].output_tokens == 2
     assert results[0].trace_id is None
+
+
+def test_response_ids_are_version_7_uuids_that_sort_by_creation_time(base64):
+    import time
+    import uuid
+
+    from trace_ptune.runtime.requests import time_ordered_id
+
+    engine, _ = _engine(base64)
+    before = time.time_ns() // 1_000_000
+    first = engine.generate(
+        [GenerationRequest("a", max_new_tokens=1), GenerationRequest("b", max_new_tokens=1)]
+    )
+    time.sleep(0.002)
+    (later,) = engine.generate([GenerationRequest("c", max_new_tokens=1)])
+    after = time.time_ns() // 1_000_000
+    ids = [r.response_id for r in [*first, later]]
+    assert len(set(ids)) == 3 and all(i.startswith("gen-") for i in ids)
+    for i in ids:
+        u = uuid.UUID(i.removeprefix("gen-"))
+        assert u.version == 7 and u.variant == uuid.RFC_4122
+        assert before <= u.int >> 80 <= after  # the leading 48 bits are the Unix milliseconds
+    assert max(ids[:2]) < ids[2]
+    assert time_ordered_id("req-", 0x0123456789AB)[4:16] == "0123456789ab"

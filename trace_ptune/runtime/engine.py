@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +51,7 @@ from trace_ptune.runtime.requests import (
     GenerationRequest,
     GenerationResult,
     Scorer,
+    time_ordered_id,
 )
 from trace_ptune.runtime.sampling import RowSampler, select_tokens
 from trace_ptune.runtime.spans import RuntimeTelemetry, response_model
@@ -234,7 +234,7 @@ class Engine:
                 row = _Row(
                     seq_id=self._next_seq,
                     request=request,
-                    response_id=f"gen-{uuid.uuid4().hex}",
+                    response_id=time_ordered_id("gen-"),
                     started=time.perf_counter(),
                 )
                 self._next_seq += 1

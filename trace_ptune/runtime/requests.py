@@ -7,6 +7,8 @@ in a batch becomes an ``error`` on its own :class:`GenerationResult` while the o
 from __future__ import annotations
 
 import math
+import os
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +33,26 @@ class Score:
     value: float | None = None
     label: str | None = None
     explanation: str | None = None
+
+
+def time_ordered_id(prefix: str, unix_ms: int | None = None) -> str:
+    """``prefix`` + 32 hex digits of a version-7 UUID (RFC 9562): 48 bits of Unix milliseconds,
+    then 74 random bits.
+
+    Response and request ids sort by creation time, and a column store keeps the shared time
+    prefix almost for free: in the collector's benchmark ~10 bytes per span less than fully
+    random ids, which land in three columns.
+    """
+    ms = time.time_ns() // 1_000_000 if unix_ms is None else unix_ms
+    rand = int.from_bytes(os.urandom(10))
+    value = (
+        (ms & 0xFFFF_FFFF_FFFF) << 80
+        | 0x7 << 76
+        | (rand >> 62 & 0xFFF) << 64
+        | 0b10 << 62
+        | rand & 0x3FFF_FFFF_FFFF_FFFF
+    )
+    return f"{prefix}{value:032x}"
 
 
 # A scorer looks at the finished request/result pair and returns zero or more scores.

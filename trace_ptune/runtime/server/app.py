@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -33,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route as HttpRoute
 
-from trace_ptune.runtime.requests import GenerationRequest, GenerationResult
+from trace_ptune.runtime.requests import GenerationRequest, GenerationResult, time_ordered_id
 from trace_ptune.runtime.server import openai_schema as oa
 from trace_ptune.runtime.server.auth import ApiKeys, check_access, request_tenant
 from trace_ptune.runtime.server.routing import Route, Router
@@ -255,7 +254,7 @@ async def _read_body(request: Request) -> dict[str, Any]:
 
 async def _generate(request: Request, kind: oa.Kind) -> Response:
     state = _server(request)
-    request_id = request.headers.get(REQUEST_ID_HEADER) or f"req-{uuid.uuid4().hex}"
+    request_id = request.headers.get(REQUEST_ID_HEADER) or time_ordered_id("req-")
     headers = {"X-Request-Id": request_id}
     try:
         if state.draining:
