@@ -163,6 +163,10 @@ def test_deployment_canary_routes_a_stable_share_by_request_id(base64, tmp_path)
     assert first == second  # the same request id always lands on the same side
     assert set(first) == {primary.hash, canary.hash}
     assert 5 <= first.count(canary.hash) <= 35
+    # The same side as the OpenAI server picks for that request id.
+    from trace_ptune.runtime.registry import canary_bucket
+
+    assert first == [canary.hash if canary_bucket(f"req-{i}") < 30 else primary.hash for i in range(60)]
 
 
 def test_engine_is_safe_to_call_from_several_threads(base64):

@@ -9,6 +9,7 @@ are the serving tensor plus its cached prefix K/V.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import re
@@ -205,7 +206,7 @@ class AdapterRegistry:
         if not info:
             return None
         canary, percent = info.get("canary_hash"), info.get("canary_percent") or 0
-        if canary and percent > 0 and _bucket(routing_key) < percent:
+        if canary and percent > 0 and canary_bucket(routing_key) < percent:
             return canary
         return info.get("adapter_hash")
 
@@ -338,8 +339,9 @@ def _label(sp: Any) -> str:
     return f"{name!r} ({sp.hash[:19]})" if name else sp.hash[:19]
 
 
-def _bucket(key: str) -> int:
-    """A stable 0..99 bucket for canary routing."""
-    import hashlib
-
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") % 100
+def canary_bucket(routing_key: str) -> float:
+    """A stable number in [0, 100) for a routing key (a request id): the key is in the canary
+    when this is below ``canary_percent``. The engine and the server share it, so one request id
+    lands on the same side through either."""
+    digest = hashlib.sha256(routing_key.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % 10_000 / 100.0

@@ -18,7 +18,6 @@ on its next request, without a restart.
 
 from __future__ import annotations
 
-import hashlib
 import random
 import threading
 import time
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trace_ptune.errors import AdapterNotFoundError, ConfigError, TracePtuneError
+from trace_ptune.runtime.registry import canary_bucket
 from trace_ptune.runtime.server.auth import deployment_owner, name_owner
 from trace_ptune.runtime.server.openai_schema import RequestError
 
@@ -53,12 +53,6 @@ class Route:
     adapter_hash: str | None
     deployment: str | None
     canary: bool = False
-
-
-def canary_bucket(request_id: str) -> float:
-    """A stable number in [0, 100) for a request id."""
-    digest = hashlib.sha256(request_id.encode()).digest()
-    return int.from_bytes(digest[:8], "big") % 10_000 / 100.0
 
 
 class Router:
