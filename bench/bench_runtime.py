@@ -19,6 +19,7 @@ distinct prompt-tuning adapters (row i uses adapter i mod K), greedy, ``--new`` 
     python bench/bench_runtime.py                                   # both models, every section
     python bench/bench_runtime.py --models tiny-random --reps 5
     python bench/bench_runtime.py --models smollm2-135m --reps 1 --peft-ks 1,8,32
+    python bench/bench_runtime.py --models smollm2-135m --overheads-only --ks 8 --rounds 8
 
 Prints a JSON summary (``--out FILE`` too) and a short table on stderr.
 """
@@ -266,6 +267,96 @@ def _traced_provider() -> Any:
 # ---------------------------------------------------------------- one model
 
 
+def interleaved_vs_base(
+    engine: Engine, prompts: torch.Tensor, pool: list[SoftPrompt], args: argparse.Namespace, rounds: int
+) -> dict[Any, list[float]]:
+    """Seconds per call of the base model alone (key None) and of each K, interleaved (base, K=1,
+    base, K=4, ...) so both sides share the machine's drift: measured one after the other, the
+    later runs of a process come out faster."""
+    paired: dict[Any, list[float]] = {k: [] for k in [None, *args.ks]}
+    for _ in range(rounds):
+        for k in paired:
+            refs = [None] * args.batch if k is None else [pool[i % k].hash for i in range(args.batch)]
+            t0 = CLOCK()
+            ours(engine, prompts, refs, args.new)
+            paired[k].append(CLOCK() - t0)
+    return paired
+
+
+def tracing_on_off(
+    base: Any, prompts: torch.Tensor, pool: list[SoftPrompt], args: argparse.Namespace, rounds: int
+) -> dict[str, Any]:
+    """Our engine with an SDK tracer provider vs a no-op provider, interleaved, K=8."""
+    k = 8 if 8 in args.ks else args.ks[-1]
+    refs = [pool[i % k].hash for i in range(args.batch)]
+    traced = Engine(base, store=_NoStore(), memory_budget_mb=None, tracer_provider=_traced_provider())
+    traced.eos_token_ids = frozenset()
+    untraced = Engine(base, store=_NoStore(), memory_budget_mb=None, tracer_provider=_noop_provider())
+    untraced.eos_token_ids = frozenset()
+    for e in (traced, untraced):
+        for sp in pool[:k]:
+            e.register(sp)
+    on, off = [], []
+    for _ in range(rounds):
+        for e, bucket in ((untraced, off), (traced, on)):
+            t0 = CLOCK()
+            ours(e, prompts, refs, args.new)
+            bucket.append(CLOCK() - t0)
+    tracing = {
+        "k": k,
+        "off_s": statistics.median(off),
+        "on_s": statistics.median(on),
+        "overhead": statistics.median(on) / statistics.median(off) - 1,
+        "spans_per_call": args.batch + 1,
+        "off_runs_s": off,
+        "on_runs_s": on,
+    }
+    log(
+        f"tracing (K={k}): off {tracing['off_s']:.3f}s, on {tracing['on_s']:.3f}s, overhead {tracing['overhead']:+.1%}"
+    )
+    return tracing
+
+
+def bench_overheads(spec: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Only the two overhead comparisons (soft prompts vs the base model alone, tracing on vs
+    off), with ``--rounds`` interleaved rounds each: for a larger model, where the full sweep
+    takes too long to repeat."""
+    base = load_model(spec, dtype=torch.float32)
+    torch.manual_seed(0)
+    prompts = _prompts(base, args.batch, args.prompt_len, seed=1)
+    pool = _adapters(base, max(args.ks), args.virtual, seed=2)
+    engine = Engine(base, store=_NoStore(), memory_budget_mb=None, max_batch_size=max(64, args.batch))
+    engine.eos_token_ids = frozenset()
+    for sp in pool:
+        engine.register(sp)
+    ours(engine, prompts[:2], [pool[0].hash, None], 2)  # warm-up
+    rounds = args.rounds or 5
+    log(f"\n== {spec}: overheads only, {rounds} interleaved rounds")
+    paired = interleaved_vs_base(engine, prompts, pool, args, rounds)
+    t_base = statistics.median(paired[None])
+    by_k = [
+        {
+            "k": k,
+            "ours_interleaved_s": statistics.median(paired[k]),
+            "throughput_vs_base_ours": t_base / statistics.median(paired[k]),
+            "runs_s": paired[k],
+        }
+        for k in args.ks
+    ]
+    log(
+        f"base alone {t_base:.3f}s; with K adapters vs base: "
+        + ", ".join(f"K={r['k']} {r['throughput_vs_base_ours']:.3f}x" for r in by_k)
+    )
+    tracing = tracing_on_off(base, prompts, pool, args, rounds)
+    return {
+        "model": spec,
+        "rounds": rounds,
+        "base": {"ours_base_interleaved_s": t_base, "runs_s": paired[None]},
+        "by_k": by_k,
+        "tracing": tracing,
+    }
+
+
 def bench_model(spec: str, args: argparse.Namespace) -> dict[str, Any]:
     reps = args.reps if args.reps else (5 if spec == "tiny-random" else 1)
     base = load_model(spec, dtype=torch.float32)
@@ -331,15 +422,7 @@ def bench_model(spec: str, args: argparse.Namespace) -> dict[str, Any]:
     t_base_ours, _ = _median(lambda: ours(engine, prompts, [None] * args.batch, args.new), reps)
     t_base_hf, _ = _median(lambda: base_generate(base, prompts, args.new), reps)
     base_row = {"ours_base_s": t_base_ours, "hf_generate_base_s": t_base_hf}
-    # soft prompts vs base alone, interleaved (base, K=1, base, K=4, ...) so both sides share the
-    # machine's drift; measured one after the other the later runs of a process come out faster
-    paired: dict[Any, list[float]] = {k: [] for k in [None, *args.ks]}
-    for _ in range(max(5, reps * 2)):
-        for k in paired:
-            refs = [None] * args.batch if k is None else [pool[i % k].hash for i in range(args.batch)]
-            t0 = CLOCK()
-            ours(engine, prompts, refs, args.new)
-            paired[k].append(CLOCK() - t0)
+    paired = interleaved_vs_base(engine, prompts, pool, args, args.rounds or max(5, reps * 2))
     t_base_paired = statistics.median(paired[None])
     base_row["ours_base_interleaved_s"] = t_base_paired
     for row in rows_out:
@@ -389,32 +472,7 @@ def bench_model(spec: str, args: argparse.Namespace) -> dict[str, Any]:
             f"{statistics.median(cold) * 1e3:.1f} ms"
         )
 
-    # tracing on vs off, interleaved to share the machine's noise
-    k = 8 if 8 in args.ks else args.ks[-1]
-    refs = [pool[i % k].hash for i in range(args.batch)]
-    traced = Engine(base, store=_NoStore(), memory_budget_mb=None, tracer_provider=_traced_provider())
-    traced.eos_token_ids = frozenset()
-    untraced = Engine(base, store=_NoStore(), memory_budget_mb=None, tracer_provider=_noop_provider())
-    untraced.eos_token_ids = frozenset()
-    for e in (traced, untraced):
-        for sp in pool[:k]:
-            e.register(sp)
-    on, off = [], []
-    for _ in range(max(3, reps * 2)):
-        for e, bucket in ((untraced, off), (traced, on)):
-            t0 = CLOCK()
-            ours(e, prompts, refs, args.new)
-            bucket.append(CLOCK() - t0)
-    tracing = {
-        "k": k,
-        "off_s": statistics.median(off),
-        "on_s": statistics.median(on),
-        "overhead": statistics.median(on) / statistics.median(off) - 1,
-        "spans_per_call": args.batch + 1,
-    }
-    log(
-        f"tracing (K={k}): off {tracing['off_s']:.3f}s, on {tracing['on_s']:.3f}s, overhead {tracing['overhead']:+.1%}"
-    )
+    tracing = tracing_on_off(base, prompts, pool, args, args.rounds or max(3, reps * 2))
     return {"model": spec, "reps": reps, "by_k": rows_out, "base": base_row, "ttft": ttft, "tracing": tracing}
 
 
@@ -448,6 +506,14 @@ def main() -> None:
     parser.add_argument(
         "--clock", choices=("cpu", "wall"), default="cpu", help="process CPU time or wall time"
     )
+    parser.add_argument(
+        "--rounds", type=int, default=0, help="interleaved rounds of the overhead comparisons"
+    )
+    parser.add_argument(
+        "--overheads-only",
+        action="store_true",
+        help="only soft prompts vs the base model and tracing on vs off (no sweep, PEFT or TTFT)",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     args.ks = [int(k) for k in args.ks.split(",")]
@@ -463,7 +529,10 @@ def main() -> None:
             "clock": args.clock,
         },
         "settings": {k: getattr(args, k) for k in ("batch", "prompt_len", "virtual", "new", "ks", "peft_ks")},
-        "models": [bench_model(spec, args) for spec in args.models.split(",")],
+        "models": [
+            (bench_overheads if args.overheads_only else bench_model)(spec, args)
+            for spec in args.models.split(",")
+        ],
     }
     text = json.dumps(summary, indent=2)
     print(text)

@@ -140,6 +140,9 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
     for version, statements in schema.MIGRATIONS:
         if version <= current:
             continue
+        if current:  # an existing file: a rebuild copies its tables, which takes a while when large
+            spans = con.execute(f"SELECT count(*) FROM {semconv.TABLE_SPANS}").fetchone()[0]
+            log.warning("upgrading the schema to version %d (%d spans stored); this runs once", version, spans)
         con.execute("BEGIN TRANSACTION")
         try:
             for stmt in statements:
