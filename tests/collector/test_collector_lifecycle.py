@@ -170,11 +170,13 @@ def test_cli_export_compact_status_and_retention(tmp_path, make_collector):
     assert json.loads(res.stdout)[0]["running"] is False and json.loads(res.stdout)[0]["spans"] == 0
 
 
-def test_migrations_are_recorded_and_reopening_is_idempotent(tmp_path):
+def test_migrations_are_recorded_and_reopening_is_idempotent(tmp_path, caplog):
     db = tmp_path / "m.duckdb"
-    for _ in range(2):
-        c = Collector(CollectorConfig(db=db, http="127.0.0.1:0", grpc=None)).start()
-        c.stop()
+    with caplog.at_level("WARNING", logger="trace_ptune.collector.store"):
+        for _ in range(2):
+            c = Collector(CollectorConfig(db=db, http="127.0.0.1:0", grpc=None)).start()
+            c.stop()
+    assert "upgrading the schema" not in caplog.text  # a new file is created at the latest version
     con = duckdb.connect(str(db), read_only=True)
     from trace_ptune.collector.schema import LATEST_VERSION
 
@@ -200,7 +202,7 @@ def test_side_file_names_the_urls(tmp_path):
     assert not Path(str(db) + ".collector.json").exists()
 
 
-def test_migrations_keep_rows_of_a_version_1_file_and_compress_varying_json_with_zstd(tmp_path):
+def test_migrations_keep_rows_of_a_version_1_file_and_compress_varying_json_with_zstd(tmp_path, caplog):
     from trace_ptune.collector import schema
     from trace_ptune.collector.store import migrate
 
@@ -217,7 +219,9 @@ def test_migrations_keep_rows_of_a_version_1_file_and_compress_varying_json_with
     con.execute(
         "INSERT INTO evaluations (Timestamp, source, name, score_value) VALUES (now(), 'log', 'em', 1)"
     )
-    assert migrate(con) == schema.LATEST_VERSION
+    with caplog.at_level("WARNING", logger="trace_ptune.collector.store"):
+        assert migrate(con) == schema.LATEST_VERSION
+    assert f"upgrading the schema to version {schema.LATEST_VERSION} (1 spans stored)" in caplog.text
     assert con.execute("SELECT SpanAttributes->>'k', adapter_hash FROM spans").fetchall() == [
         ("1", "sha256:1")
     ]

@@ -137,12 +137,15 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
         "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMP)"
     )
     current = con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0]
+    existing = current > 0
     for version, statements in schema.MIGRATIONS:
         if version <= current:
             continue
-        if current:  # an existing file: a rebuild copies its tables, which takes a while when large
+        if existing:  # a rebuild copies the file's tables, which takes a while when they are large
             spans = con.execute(f"SELECT count(*) FROM {semconv.TABLE_SPANS}").fetchone()[0]
-            log.warning("upgrading the schema to version %d (%d spans stored); this runs once", version, spans)
+            log.warning(
+                "upgrading the schema to version %d (%d spans stored); this runs once", version, spans
+            )
         con.execute("BEGIN TRANSACTION")
         try:
             for stmt in statements:

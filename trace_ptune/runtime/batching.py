@@ -144,24 +144,42 @@ def build_prefix_cache(
     dtype: torch.dtype,
     device: torch.device,
     blocks: PrefixBlocks | None = None,
+    spare: int = 0,
 ) -> tuple[DynamicCache, torch.Tensor]:
     """A cache holding each row's prefix, left-padded to the longest; and its (B, P) mask.
 
     ``prefixes[i]`` is ``[layers, 2, kv_heads, n_i, head_dim]`` or None (no soft prompt).
     ``blocks`` keeps the padded block of recent row layouts, so a batch with the same adapters
-    in the same rows as a recent one is not stacked again.
+    in the same rows as a recent one is not stacked again. Every layer is a buffer with
+    ``spare`` free columns after the prefix: the prompt's keys/values and then the decoded
+    tokens' are written into it in place, where a plain cache would copy the prefix once more
+    with the prompt and again when decoding reserves its room.
     """
-    num_layers = layout[0]
     block = blocks.get(prefixes, dtype, device) if blocks is not None else None
     if block is None:
         block = _prefix_block(prefixes, layout=layout, dtype=dtype, device=device)
         if blocks is not None:
             blocks.put(prefixes, dtype, device, block)
     stacked, mask = block
-    if stacked is None:
-        return DynamicCache(), mask
-    # DynamicCache copies the tensors it is given, so the kept block is never written to
-    return _cache([(stacked[i, 0], stacked[i, 1]) for i in range(num_layers)]), mask
+    num_layers, kv_heads, head_dim = layout
+    batch, width = len(prefixes), mask.shape[1]
+    if spare <= 0:
+        if stacked is None:
+            return DynamicCache(), mask
+        # DynamicCache copies the tensors it is given, so the kept block is never written to
+        return _cache([(stacked[i, 0], stacked[i, 1]) for i in range(num_layers)]), mask
+    empty = torch.empty(batch, kv_heads, 0, head_dim, dtype=dtype, device=device)
+    cache = _cache([(empty, empty)] * num_layers)
+    for i, layer in enumerate(cache.layers):
+        kb = torch.empty(batch, kv_heads, width + spare, head_dim, dtype=dtype, device=device)
+        vb = torch.empty_like(kb)
+        if stacked is not None:
+            kb[:, :, :width] = stacked[i, 0]
+            vb[:, :, :width] = stacked[i, 1]
+        layer.__class__ = _GrowingLayer
+        layer._key_buffer, layer._value_buffer = kb, vb  # type: ignore[attr-defined]
+        layer.keys, layer.values = kb[:, :, :width], vb[:, :, :width]
+    return cache, mask
 
 
 class PrefixBlocks:
@@ -241,14 +259,24 @@ def prefill(
     layout: tuple[int, int, int],
     pad_token_id: int,
     blocks: PrefixBlocks | None = None,
+    reserve: int = 0,
 ) -> tuple[KVBatch, torch.Tensor]:
-    """Run the prompts after their prefixes; returns the batch and the last logits (B, V)."""
+    """Run the prompts after their prefixes; returns the batch and the last logits (B, V).
+
+    ``reserve``: how many tokens the rows will decode at most. The cache is then allocated once
+    with room for them (pass 0 when the batch is about to be merged into another, which copies
+    it anyway)."""
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
-    cache, prefix_mask = build_prefix_cache(
-        prefixes, layout=layout, dtype=dtype, device=device, blocks=blocks
-    )
     batch, longest = len(prompts), max(len(p) for p in prompts)
+    cache, prefix_mask = build_prefix_cache(
+        prefixes,
+        layout=layout,
+        dtype=dtype,
+        device=device,
+        blocks=blocks,
+        spare=longest + reserve if reserve > 0 else 0,
+    )
     ids = torch.full((batch, longest), pad_token_id, dtype=torch.long, device=device)
     prompt_mask = torch.zeros(batch, longest, dtype=torch.long, device=device)
     for row, prompt in enumerate(prompts):
@@ -272,6 +300,7 @@ def prefill(
         mask=mask,
         positions=virtual + lengths,
         last_tokens=ids[:, -1].clone(),
+        reserve=reserve,
     )
     return state, out.logits[:, -1, :]
 

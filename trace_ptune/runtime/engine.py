@@ -265,6 +265,7 @@ class Engine:
             room = self.max_batch_size - len(state.rows)
             if state.pending and room > 0:
                 joining, state.pending = state.pending[:room], state.pending[room:]
+                fresh = state.kv is None or not state.rows
                 new_kv, logits = batching.prefill(
                     self.model,
                     [row.prefix for row in joining],
@@ -272,9 +273,11 @@ class Engine:
                     layout=self._layout,
                     pad_token_id=self.pad_token_id,
                     blocks=self._prefix_blocks,
+                    # a batch of its own gets its decoding room now; one merged in is copied
+                    reserve=max(row.max_new_tokens for row in joining) if fresh else 0,
                 )
                 events += self._advance(joining, new_kv, logits, state.stream)
-                state.kv = new_kv if state.kv is None or not state.rows else batching.merge(state.kv, new_kv)
+                state.kv = new_kv if fresh else batching.merge(state.kv, new_kv)
                 state.rows = state.rows + joining
                 self._drop_finished(state)  # rows done at their first token
             if state.kv is not None and state.rows:
