@@ -251,3 +251,29 @@ def test_one_adapter_for_every_row_with_different_prompt_lengths(base64):
     results = engine.generate([GenerationRequest(p, adapter="prefix3", max_new_tokens=4) for p in PROMPTS])
     for prompt, result in zip(PROMPTS, results, strict=True):
         assert result.token_ids == reference_greedy(base64, adapters["prefix3"], engine.encode(prompt), 4)
+
+
+def test_prefill_with_reserve_writes_prompt_and_decoded_tokens_into_one_buffer(base64):
+    """With ``reserve`` the cache is allocated once: the prompt and every decoded token land in
+    place (no copy at the first decode step), and the logits equal those of a plain cache."""
+    sp = make_adapter(base64, semconv.METHOD_PREFIX_TUNING, 3, seed=4)
+    prefix = compute_prefix_kv(base64.model, sp)
+    prompts = [[5, 6, 7, 8], [9, 10]]
+    layout = kv_layout(base64.model)
+    plain, plain_logits = batching.prefill(
+        base64.model, [prefix, None], prompts, layout=layout, pad_token_id=0
+    )
+    grown, grown_logits = batching.prefill(
+        base64.model, [prefix, None], prompts, layout=layout, pad_token_id=0, reserve=3
+    )
+    torch.testing.assert_close(grown_logits, plain_logits, rtol=0, atol=1e-12)
+    before = [layer.keys.data_ptr() for layer in grown.cache.layers]
+    for state in (plain, grown):
+        state.last_tokens = torch.tensor([11, 12])
+    for _ in range(3):
+        torch.testing.assert_close(
+            batching.decode(base64.model, grown), batching.decode(base64.model, plain), rtol=0, atol=1e-12
+        )
+        plain.last_tokens = grown.last_tokens = torch.tensor([13, 14])
+    assert [layer.keys.data_ptr() for layer in grown.cache.layers] == before
+    assert grown.cache.layers[0].keys.shape[2] == 3 + 4 + 3
