@@ -182,6 +182,12 @@ def test_psql_reads_while_refusing_writes(loaded):
         out = subprocess.run([*base, "-c", listing], capture_output=True, text=True, env=env, timeout=30)
         assert out.returncode == 0, out.stderr
         assert "main|spans|table|trace-ptune" in out.stdout.splitlines()
+    out = subprocess.run([*base, "-c", r"\df"], capture_output=True, text=True, env=env, timeout=30)
+    assert out.returncode == 0 and out.stdout.strip() == "", out.stderr  # no user functions
+    out = subprocess.run(
+        [*base, "-c", r"\df json_extract"], capture_output=True, text=True, env=env, timeout=30
+    )
+    assert out.returncode == 0 and "|json_extract|||func" in out.stdout.splitlines(), out.stderr
     out = subprocess.run([*base, "-c", r"\dn"], capture_output=True, text=True, env=env, timeout=30)
     assert out.returncode == 0 and "main|trace-ptune" in out.stdout, out.stderr
     out = subprocess.run([*base, "-c", r"\l"], capture_output=True, text=True, env=env, timeout=30)

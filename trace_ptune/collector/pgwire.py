@@ -120,7 +120,7 @@ _ABSENT_CATALOGS = re.compile(
     re.IGNORECASE,
 )
 
-# What psql's catalog commands (\d, \dt, \dv, \dn, \l, \d TABLE) send that DuckDB's pg_catalog
+# What psql's catalog commands (\d, \dt, \dv, \dn, \df, \l, \d TABLE) send that DuckDB's pg_catalog
 # lacks: the stand-ins above, owner names, encodings, reg* casts, the default collation and the
 # OPERATOR(...) syntax.
 _PSQL_COMPAT = (
@@ -135,6 +135,14 @@ _PSQL_COMPAT = (
     (
         re.compile(r"\b(pg_catalog\.pg_get_expr\s*\([^(),]+,[^(),]+),\s*(?:true|false)\s*\)", re.IGNORECASE),
         r"\1)",
+    ),
+    # DuckDB's pg_proc holds its built-in functions in no schema; signatures are not kept
+    (
+        re.compile(
+            r"\bpg_catalog\.pg_get_function_(?:result|arguments|identity_arguments)\s*\(\s*[\w.]+\s*\)",
+            re.IGNORECASE,
+        ),
+        "NULL::VARCHAR",
     ),
     # no index definitions in DuckDB's catalog: psql lists the index by name
     (re.compile(r"\bpg_catalog\.pg_get_indexdef\s*\([^()]*\)", re.IGNORECASE), "NULL"),
