@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -99,6 +100,25 @@ def test_sigterm_drains_checkpoints_and_exits_zero(tmp_path):
     req = span_request([{} for _ in range(20)])
     assert post(info["urls"]["http"] + "/v1/traces", req.SerializeToString(), PB)[0] == 200
     proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    assert not db.with_name(db.name + ".collector.json").exists()
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT count(*) FROM spans").fetchone() == (20,)
+    con.close()
+
+
+def test_repeated_signals_while_draining_do_not_cut_the_drain_short(tmp_path):
+    db = tmp_path / "r.duckdb"
+    proc, info = start_subprocess(db)
+    req = span_request([{} for _ in range(20)])
+    assert post(info["urls"]["http"] + "/v1/traces", req.SerializeToString(), PB)[0] == 200
+    proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while proc.poll() is None and time.monotonic() < deadline:  # as a supervisor or an impatient user
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signal.SIGINT)
+        time.sleep(0.02)
     assert proc.wait(30) == 0
     assert not db.with_name(db.name + ".collector.json").exists()
     con = duckdb.connect(str(db), read_only=True)

@@ -137,11 +137,13 @@ def run(
         quiet=quiet,
     )
     tune_allocator()  # this process is the collector: keep freed blocks for the next commit
-    coll = Collector(cfg).start()
-    if not quiet:
-        urls = "  ".join(f"{k}={v}" for k, v in coll.urls.items())
-        click.echo(f"collector on {coll.db}: {urls}{'  (token required)' if token else ''}", err=True)
-    coll.run()
+
+    def started(coll: Collector) -> None:
+        if not quiet:
+            urls = "  ".join(f"{k}={v}" for k, v in coll.urls.items())
+            click.echo(f"collector on {coll.db}: {urls}{'  (token required)' if token else ''}", err=True)
+
+    Collector(cfg).run(on_start=started, exiting=True)
     if not quiet:
         click.echo("collector stopped cleanly", err=True)
 

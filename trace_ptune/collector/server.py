@@ -21,6 +21,7 @@ import os
 import re
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -218,23 +219,44 @@ class Collector:
             if info.get("pid") == os.getpid():
                 side.unlink()
 
-    def run(self) -> None:
-        """Start, then block until SIGTERM or SIGINT; shut down gracefully."""
+    def run(self, on_start: Callable[[Collector], None] | None = None, *, exiting: bool = False) -> None:
+        """Start, then block until SIGTERM or SIGINT; shut down gracefully.
+
+        The signal handlers are installed before the collector starts and stay until the drain
+        is done, so a signal right after start, or a second one while draining (a supervisor
+        signalling the whole process group, Ctrl-C pressed twice), cannot cut the drain short.
+        ``on_start`` runs once the collector listens. ``exiting``: the process ends after this
+        call, so SIGTERM and SIGINT are ignored after the drain and a late one cannot turn the
+        clean exit into a kill; otherwise the previous handlers come back.
+        """
         stop = threading.Event()
+        repeated: list[int] = []
 
         def handler(signum: int, frame: Any) -> None:
+            if stop.is_set() and not repeated:
+                repeated.append(signum)
+                log.warning(
+                    "%s while draining: the collector exits once the queue is stored",
+                    signal.Signals(signum).name,
+                )
             stop.set()
 
         previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             if self.store is None:
                 self.start()
+            if on_start is not None:
+                on_start(self)
             while not stop.wait(0.5):
                 pass
         finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
-            self.stop()
+            try:
+                self.stop()
+            finally:
+                for s, h in previous.items():
+                    # ignored rather than left to Python's handler, which interpreter shutdown
+                    # resets to the default (terminate)
+                    signal.signal(s, signal.SIG_IGN if exiting else h)
 
     def __enter__(self) -> Collector:
         return self.start() if self.store is None else self
