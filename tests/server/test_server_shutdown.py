@@ -56,6 +56,8 @@ def test_sigterm_finishes_in_flight_requests_then_exits(tmp_path, tmp_home, wher
         while httpx.get(f"{url}/health").json()["inflight"] == 0:
             time.sleep(0.01)
         proc.send_signal(signal.SIGTERM)
+        time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)  # a supervisor signalling again must not cut the drain short
         thread.join(120)
         response = outcome["r"]
         assert response.status_code == 200, response.text

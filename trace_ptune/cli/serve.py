@@ -201,6 +201,8 @@ def serve(
         signal.signal(sig, lambda signum, frame: received.append(signum))
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=120)
     uvicorn.Server(config).run()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # drained: a late signal must not turn exit 0 into a kill
+        signal.signal(sig, signal.SIG_IGN)
     if received:
         click.echo(f"stopped on {signal.Signals(received[0]).name}: in-flight requests finished", err=True)
 
