@@ -277,3 +277,29 @@ def test_prefill_with_reserve_writes_prompt_and_decoded_tokens_into_one_buffer(b
         plain.last_tokens = grown.last_tokens = torch.tensor([13, 14])
     assert [layer.keys.data_ptr() for layer in grown.cache.layers] == before
     assert grown.cache.layers[0].keys.shape[2] == 3 + 4 + 3
+
+
+def test_cache_room_follows_decoded_tokens_not_max_new_tokens(base64):
+    """A large ``max_new_tokens`` does not reserve its whole cache at once: a layer grows by at
+    most its own length (at least 64 columns) when full, and the logits stay those of a plain
+    cache across the growth."""
+    sp = make_adapter(base64, semconv.METHOD_PROMPT_TUNING, 3, seed=5)
+    prefix = compute_prefix_kv(base64.model, sp)
+    prompts = [[5, 6, 7, 8], [9, 10]]
+    layout = kv_layout(base64.model)
+    plain, _ = batching.prefill(base64.model, [prefix, None], prompts, layout=layout, pad_token_id=0)
+    grown, _ = batching.prefill(
+        base64.model, [prefix, None], prompts, layout=layout, pad_token_id=0, reserve=10_000
+    )
+    capacity = {grown.cache.layers[0]._key_buffer.shape[2]}
+    assert capacity == {3 + 4 + 64}
+    for step in range(90):
+        tokens = torch.tensor([11 + step % 7, 12 + step % 5])
+        plain.last_tokens, grown.last_tokens = tokens, tokens.clone()
+        grown.reserve = 10_000 - step
+        torch.testing.assert_close(
+            batching.decode(base64.model, grown), batching.decode(base64.model, plain), rtol=0, atol=1e-12
+        )
+        capacity.add(grown.cache.layers[0]._key_buffer.shape[2])
+    assert grown.cache.layers[0].keys.shape[2] == 3 + 4 + 90
+    assert sorted(capacity) == [71, 71 + 71]  # one growth, by the layer's own length

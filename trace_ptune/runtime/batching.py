@@ -88,13 +88,15 @@ class _GrowingLayer(DynamicLayer):
             and keys.stride() == kb.stride()
         )
 
-    def reserve(self, spare: int) -> None:
-        """Make room for ``spare`` more columns without a copy per step."""
+    def reserve(self, spare: int, needed: int | None = None) -> None:
+        """Make room for ``spare`` more columns without a copy per step; nothing changes while
+        ``needed`` (default ``spare``) columns are still free."""
         keys, values = self.keys, self.values
         if keys is None or values is None or keys.dim() != 4:
             return
         length = keys.shape[2]
-        if self._owns(keys) and self._key_buffer.shape[2] >= length + spare:  # type: ignore[union-attr]
+        room = spare if needed is None else needed
+        if self._owns(keys) and self._key_buffer.shape[2] >= length + room:  # type: ignore[union-attr]
             return
         b, h, _, d = keys.shape
         kb = keys.new_empty((b, h, length + spare, d))
@@ -105,14 +107,29 @@ class _GrowingLayer(DynamicLayer):
         self.keys, self.values = kb[:, :, :length], vb[:, :, :length]
 
 
+# A layer out of room grows by what its rows may still decode, but by at most its own length
+# (at least this many columns): the cache follows the tokens actually decoded, not
+# max_new_tokens, and the copies on growth stay linear in all. Reserving everything up front
+# made 32 rows of smollm2-135m asking for 4,096 tokens allocate ~6 GB of cache at the first
+# step, real memory on a GPU even when every row stops after a few tokens (on CPU the
+# untouched pages stay virtual).
+RESERVE_STEP_MIN = 64
+
+
+def reserve_step(length: int, remaining: int) -> int:
+    """Columns to add to a cache of ``length`` columns whose rows may decode ``remaining`` more."""
+    return max(1, min(remaining, max(RESERVE_STEP_MIN, length)))
+
+
 def reserve(state: KVBatch, spare: int | None = None) -> None:
-    """Give every cache layer room for ``spare`` (default ``state.reserve``) more tokens."""
-    spare = max(1, state.reserve if spare is None else spare)
+    """Give every cache layer room for the next token; a layer without it grows by
+    :func:`reserve_step` of ``spare`` (default ``state.reserve``), the tokens still to come."""
+    remaining = max(1, state.reserve if spare is None else spare)
     for layer in state.cache.layers:
         if type(layer) is DynamicLayer and layer.keys is not None:
             layer.__class__ = _GrowingLayer  # same state, in-place appends
         if isinstance(layer, _GrowingLayer):
-            layer.reserve(spare)
+            layer.reserve(reserve_step(layer.keys.shape[2], remaining), needed=1)
 
 
 def _layers(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -275,7 +292,7 @@ def prefill(
         dtype=dtype,
         device=device,
         blocks=blocks,
-        spare=longest + reserve if reserve > 0 else 0,
+        spare=longest + reserve_step(longest, reserve) if reserve > 0 else 0,
     )
     ids = torch.full((batch, longest), pad_token_id, dtype=torch.long, device=device)
     prompt_mask = torch.zeros(batch, longest, dtype=torch.long, device=device)
