@@ -276,6 +276,30 @@ def test_cli_bad_port_retention_and_url_are_one_sentence_errors(tmp_path, args, 
     assert result.exc_info[0] is SystemExit and len(result.stderr.strip().splitlines()) == 1
 
 
+def test_a_failed_start_leaves_the_callers_signal_handlers_as_they_were(tmp_path):
+    # the CLI ignores SIGTERM/SIGINT only after a drain it is about to exit from
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        before = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT))
+        result = CliRunner().invoke(
+            cli,
+            [
+                "collector",
+                "run",
+                "--http",
+                f"127.0.0.1:{port}",
+                "--grpc",
+                "off",
+                "--db",
+                str(tmp_path / "s.duckdb"),
+            ],
+        )
+    assert result.exit_code == 1 and "port is in use" in result.stderr
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
 def test_a_file_that_is_not_duckdb_is_refused_as_db_and_left_untouched(tmp_path):
     # DuckDB 2.0 opens some other files without complaint; a mistyped --db must not store nowhere.
     data = tmp_path / "train.jsonl"

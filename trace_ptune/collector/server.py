@@ -242,6 +242,7 @@ class Collector:
             stop.set()
 
         previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        drained = False
         try:
             if self.store is None:
                 self.start()
@@ -252,11 +253,12 @@ class Collector:
         finally:
             try:
                 self.stop()
+                drained = stop.is_set()
             finally:
                 for s, h in previous.items():
                     # ignored rather than left to Python's handler, which interpreter shutdown
-                    # resets to the default (terminate)
-                    signal.signal(s, signal.SIG_IGN if exiting else h)
+                    # resets to the default (terminate); a failed start puts them back
+                    signal.signal(s, signal.SIG_IGN if exiting and drained else h)
 
     def __enter__(self) -> Collector:
         return self.start() if self.store is None else self
