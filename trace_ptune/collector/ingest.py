@@ -174,6 +174,8 @@ class _WorkerDied(CollectorError):
     """A conversion worker process exited; the request is answered with a retryable error."""
 
 
+# What a worker sends back besides the tables: every field of a frozen Batch but its rows.
+_BATCH_FIELDS = ("counts", "adapters", "accepted", "rejected", "error", "missing", "eval_min_ts")
 _HEADER = struct.Struct("<QQ")  # lengths of the JSON head and of the payload after it
 
 
@@ -237,17 +239,9 @@ def _worker_main(conn: Any) -> None:  # pragma: no cover - runs in the worker pr
             with pa.ipc.new_stream(sink, tbl.schema) as writer:
                 writer.write_table(tbl)
             streams.append(sink.getvalue())
-        fields = (
-            list(batch.tables),
-            batch.counts,
-            batch.adapters,
-            batch.accepted,
-            batch.rejected,
-            batch.error,
-            sorted(batch.missing),
-            batch.eval_min_ts,
-        )
-        _send(sock, ("ok", fields, [s.size for s in streams]), streams)
+        fields = {name: getattr(batch, name) for name in _BATCH_FIELDS}
+        fields["missing"] = sorted(batch.missing)
+        _send(sock, ("ok", [list(batch.tables), fields], [s.size for s in streams]), streams)
 
 
 class _Worker:
@@ -273,22 +267,14 @@ class _Worker:
             raise BadPayload(fields)
         if status == "error":
             raise CollectorError(f"the request could not be converted: {fields}")
-        names, counts, adapters, accepted, rejected, error, missing, eval_min_ts = fields
+        names, values = fields
         # the tables read the received buffer in place (no copy)
         buf, tables, start = pa.py_buffer(payload), {}, 0
         for name, n in zip(names, lengths, strict=True):
             tables[name] = pa.ipc.open_stream(buf.slice(start, n)).read_all()
             start += n
-        return otlp.Batch(
-            tables=tables,
-            counts=counts,
-            adapters=adapters,
-            accepted=accepted,
-            rejected=rejected,
-            error=error,
-            missing=set(missing),
-            eval_min_ts=eval_min_ts,
-        )
+        values["missing"] = set(values["missing"])
+        return otlp.Batch(tables=tables, **values)
 
     def close(self, timeout: float = 5.0) -> None:
         self.sock.close()
