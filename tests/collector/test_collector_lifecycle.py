@@ -261,6 +261,7 @@ def test_migrations_keep_rows_of_a_version_1_file_and_compress_varying_json_with
     ("args", "fragment"),
     [
         (["run", "--http", "127.0.0.1:99999", "--grpc", "off"], "out of range"),
+        (["run", "--http", "127.0.0.1:0", "--grpc", "off", "--pg", "nonsense"], "cannot read the address"),
         (
             ["run", "--http", "127.0.0.1:0", "--grpc", "off", "--retain", "0d"],
             "would delete every stored row",
@@ -274,6 +275,7 @@ def test_cli_bad_port_retention_and_url_are_one_sentence_errors(tmp_path, args, 
     result = CliRunner().invoke(cli, ["collector", *args, "--db", str(db)])
     assert result.exit_code == 1 and fragment in result.stderr
     assert result.exc_info[0] is SystemExit and len(result.stderr.strip().splitlines()) == 1
+    assert not db.exists()  # a typo in the command line creates no database
 
 
 def test_a_failed_start_leaves_the_callers_signal_handlers_as_they_were(tmp_path):

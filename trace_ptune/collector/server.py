@@ -123,6 +123,10 @@ class Collector:
     def start(self) -> Collector:
         cfg = self.config
         retain = parse_duration(cfg.retain) if cfg.retain else None
+        # Every address is read before the file is opened: a typo creates no database.
+        http_addr = parse_address(cfg.http, 4318) if cfg.http else None
+        grpc_addr = parse_address(cfg.grpc, 4317) if cfg.grpc else None
+        pg_addr = parse_address(cfg.pg, 5433) if cfg.pg else None
         # With conversion workers the writer commits what is queued at once: the other requests
         # convert in the workers meanwhile, instead of the writer waiting for them to join.
         waits = {"group_wait_s": 0.0, "group_expect_s": 0.0} if cfg.workers else {}
@@ -132,8 +136,8 @@ class Collector:
         try:
             self.ingestor = Ingestor(self.store, workers=cfg.workers)
             self._accepting = True
-            if cfg.http:
-                host, port = parse_address(cfg.http, 4318)
+            if http_addr:
+                host, port = http_addr
                 try:
                     self._http = CollectorHTTPServer(
                         (host, port),
@@ -147,10 +151,10 @@ class Collector:
                     raise _bind_error("HTTP", cfg.http, "--http", exc) from None
                 serve_in_thread(self._http)
                 self.urls["http"] = f"http://{_url_host(host)}:{self._http.server_address[1]}"
-            if cfg.grpc:
+            if grpc_addr:
                 from trace_ptune.collector.grpc_server import start_grpc
 
-                host, port = parse_address(cfg.grpc, 4317)
+                host, port = grpc_addr
                 self._grpc, bound = start_grpc(
                     f"{_url_host(host)}:{port}",
                     self.ingestor,
@@ -159,10 +163,10 @@ class Collector:
                     max_message=cfg.max_body_bytes,
                 )
                 self.urls["grpc"] = f"http://{_url_host(host)}:{bound}"
-            if cfg.pg:
+            if pg_addr:
                 from trace_ptune.collector.pgwire import PgServer
 
-                host, port = parse_address(cfg.pg, 5433)
+                host, port = pg_addr
                 try:
                     self._pg = PgServer((host, port), self.store, password=cfg.pg_password)
                 except OSError as exc:
