@@ -439,6 +439,34 @@ def bench_bytes(tmp: Path, batches: int, spans_per_trace: int) -> dict:
     return {"spans": n, "spans_per_trace": spans_per_trace, "bytes_per_span": round(db.stat().st_size / n, 1)}
 
 
+def storage_breakdown(db: Path, top: int = 20) -> list[tuple[str, float]]:
+    """Bytes per span of each column of a checkpointed file: every segment's extent in its
+    block (from ``pragma_storage_info``'s offsets, up to the next segment or the block's end),
+    summed per table.column and divided by the number of spans."""
+    import collections
+
+    import duckdb
+
+    con = duckdb.connect(str(db), read_only=True)
+    spans = con.execute("SELECT count(*) FROM spans").fetchone()[0] or 1
+    by_block: dict[int, list[tuple]] = collections.defaultdict(list)
+    for table in ("spans", "evaluations", "adapters", "metrics", "logs"):
+        for column, offset, block, extra in con.execute(
+            "SELECT column_name, block_offset, block_id, additional_block_ids "
+            f"FROM pragma_storage_info('{table}') WHERE block_id >= 0"
+        ).fetchall():
+            by_block[block].append((offset, f"{table}.{column}", len(extra or [])))
+    con.close()
+    block = 256 * 1024 - 8  # DuckDB's block payload
+    size: collections.Counter = collections.Counter()
+    for segs in by_block.values():
+        segs.sort()
+        for i, (offset, name, extra) in enumerate(segs):
+            end = segs[i + 1][0] if i + 1 < len(segs) else block
+            size[name] += end - offset + block * extra
+    return [(name, round(b / spans, 2)) for name, b in size.most_common(top)]
+
+
 def bench_query(tmp: Path, n: int) -> dict:
     import duckdb
 
@@ -536,6 +564,11 @@ def main() -> None:
         action="store_true",
         help="the runtime's own response ids (gen-<UUIDv7 hex>, at 1,000 spans/s) instead of short sequential ones",
     )
+    ap.add_argument(
+        "--storage",
+        action="store_true",
+        help="with --bytes-batches: also print each column's bytes per span, largest first",
+    )
     args = ap.parse_args()
     global DISTINCT, SPANS_PER_TRACE, UUID_IDS
     DISTINCT, SPANS_PER_TRACE, UUID_IDS = args.distinct, args.spans_per_trace, args.uuid_response_ids
@@ -566,6 +599,8 @@ def main() -> None:
         print(json.dumps(results[-1]), flush=True)
         for k in (1, 8) if args.bytes_batches else ():
             print(json.dumps({"bytes": bench_bytes(tmp, args.bytes_batches, k)}), flush=True)
+            if args.storage:
+                print(json.dumps({"columns": storage_breakdown(tmp / f"bytes-{k}.duckdb")}), flush=True)
         if not args.skip_query:
             print(json.dumps({"query": bench_query(tmp, args.query_spans)}), flush=True)
 
