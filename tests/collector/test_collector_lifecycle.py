@@ -329,3 +329,15 @@ def test_self_metrics_report_commits_and_the_converter_in_use(make_collector):
     assert 1 <= int(values["trace_ptune_collector_commit_seconds_count"]) <= 3
     assert 0 < float(values["trace_ptune_collector_commit_seconds_sum"]) < 30
     assert values["trace_ptune_collector_native_walk"] == str(int(otlp._native_walk() is not None))
+
+
+def test_query_timeout_option_reads_seconds_durations_and_off(tmp_path):
+    from trace_ptune.cli.collector import _query_timeout
+
+    assert (_query_timeout("90"), _query_timeout("5m"), _query_timeout("1.5s")) == (90.0, 300.0, 1.5)
+    assert _query_timeout("off") is None and _query_timeout("0") is None
+    db = tmp_path / "q.duckdb"
+    for bad in ("soon", "-5", "inf"):
+        result = CliRunner().invoke(cli, ["collector", "run", "--db", str(db), "--query-timeout", bad])
+        assert result.exit_code == 2 and "is not a time limit" in result.stderr
+    assert not db.exists()

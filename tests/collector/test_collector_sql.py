@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import struct
 import subprocess
+import threading
 
 import psycopg
 import pytest
@@ -12,6 +15,7 @@ import pytest
 from tests.collector.conftest import pg_port, post_pb
 from tests.collector.otlp_data import ADAPTER, generation_attrs, span_request
 from trace_ptune import semconv
+from trace_ptune.collector.client import CollectorClient
 from trace_ptune.collector.sql_guard import check_read_only
 from trace_ptune.errors import QueryError
 
@@ -208,3 +212,88 @@ def test_psql_reads_while_refusing_writes(loaded):
     assert out.returncode == 0 and out.stdout.startswith("Timestamp|TIMESTAMP|"), out.stderr
     out = subprocess.run([*base, "-c", "SELECT 1"], capture_output=True, text=True, env=env, timeout=30)
     assert out.stdout.strip() == "1"
+
+
+# Minutes of work unless something stops it.
+LONG = "SELECT sum(i) FROM range(10000000000000) t(i)"
+
+
+def _in_thread(conn: psycopg.Connection, sql: str) -> tuple[threading.Thread, list[BaseException]]:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            conn.execute(sql)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, errors
+
+
+def _cancel_request(c, pid: int, key: int) -> None:
+    with socket.create_connection(("127.0.0.1", pg_port(c)), timeout=10) as sock:
+        sock.sendall(struct.pack(">iiii", 16, 80877102, pid, key))
+        assert sock.recv(1) == b""  # the server answers a CancelRequest by closing
+
+
+def test_a_query_past_the_time_limit_is_stopped_and_the_collector_keeps_answering(make_collector):
+    c = make_collector(pg="127.0.0.1:0", query_timeout=1.0)
+    client = CollectorClient(c.urls["http"])
+    with pytest.raises(QueryError, match="statement timeout after 1 s"):
+        client.query(LONG)
+    with pytest.raises(QueryError, match="statement timeout"):
+        client.query_arrow(LONG)
+    with psycopg.connect(_dsn(c), autocommit=True) as conn:
+        # a CancelRequest with the wrong secret key stops nothing: the limit does
+        thread, errors = _in_thread(conn, LONG)
+        for _ in range(600):  # a hang guard, not a timing check
+            _cancel_request(c, conn.info.backend_pid, 12345)
+            thread.join(0.1)
+            if not thread.is_alive():
+                break
+        assert errors and isinstance(errors[0], psycopg.errors.QueryCanceled), errors
+        assert "statement timeout" in str(errors[0])
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert post_pb(c.urls["http"] + "/v1/traces", span_request([{"attrs": generation_attrs()}])) == 200
+    assert client.query("SELECT count(*) FROM spans")[1] == [[1]]
+
+
+def test_cancel_request_and_statement_timeout_stop_a_postgres_query(make_collector):
+    c = make_collector(pg="127.0.0.1:0", query_timeout=None)  # no collector-wide limit
+    with psycopg.connect(_dsn(c), autocommit=True) as conn:
+        # psql's Ctrl-C and Grafana's cancelled panels send a CancelRequest on a new connection
+        thread, errors = _in_thread(conn, LONG)
+        for _ in range(600):
+            conn.cancel_safe()
+            thread.join(0.1)
+            if not thread.is_alive():
+                break
+        assert errors and isinstance(errors[0], psycopg.errors.QueryCanceled), errors
+        assert "user request" in str(errors[0])
+        assert conn.execute("SELECT 2").fetchone() == (2,)
+        # a session's own limit
+        assert conn.execute("SHOW statement_timeout").fetchone() == ("0",)
+        conn.execute("SET statement_timeout = '300ms'")
+        assert conn.execute("SHOW statement_timeout").fetchone() == ("300ms",)
+        with pytest.raises(psycopg.errors.QueryCanceled, match=r"statement timeout after 0\.3 s"):
+            conn.execute(LONG)
+        conn.execute("RESET statement_timeout")
+        assert conn.execute("SHOW statement_timeout").fetchone() == ("0",)
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="statement_timeout"):
+            conn.execute("SET statement_timeout TO 'soon'")
+        assert conn.execute("SELECT 3").fetchone() == (3,)
+
+
+def test_stopping_the_collector_stops_a_running_query(make_collector):
+    c = make_collector(pg="127.0.0.1:0", query_timeout=None)
+    with psycopg.connect(_dsn(c), autocommit=True) as conn:
+        thread, errors = _in_thread(conn, LONG)
+        thread.join(0.5)  # let it start
+        stopper = threading.Thread(target=c.stop, daemon=True)
+        stopper.start()
+        stopper.join(60)  # a hang guard: without the interrupt, stop() waits minutes for the query
+        assert not stopper.is_alive()
+        thread.join(60)
+        assert not thread.is_alive() and errors and isinstance(errors[0], psycopg.Error)

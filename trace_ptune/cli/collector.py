@@ -101,6 +101,12 @@ def collector() -> None:
     show_default=True,
     help="Rows waiting for the writer before 429/UNAVAILABLE.",
 )
+@click.option(
+    "--query-timeout",
+    default="60s",
+    show_default=True,
+    help="Stop a query (query API or Postgres wire) that runs longer than this; 'off' for no limit.",
+)
 @click.option("--quiet", is_flag=True, help="Print nothing but errors.")
 @handle_errors
 def run(
@@ -115,6 +121,7 @@ def run(
     db_threads: int,
     max_body_mb: float,
     max_queue_rows: int,
+    query_timeout: str,
     quiet: bool,
 ) -> None:
     """Receive OTLP on loopback and store it; SIGTERM/Ctrl-C drains, checkpoints and exits 0."""
@@ -134,6 +141,7 @@ def run(
         max_queue_rows=max_queue_rows,
         workers=_workers(workers),
         db_threads=db_threads,
+        query_timeout=_query_timeout(query_timeout),
         quiet=quiet,
     )
     tune_allocator()  # this process is the collector: keep freed blocks for the next commit
@@ -146,6 +154,27 @@ def run(
     Collector(cfg).run(on_start=started, exiting=True)
     if not quiet:
         click.echo("collector stopped cleanly", err=True)
+
+
+def _query_timeout(value: str) -> float | None:
+    """``--query-timeout``: a duration (``60s``, ``5m``; a bare number is seconds) or ``off``."""
+    from trace_ptune.collector.server import parse_duration
+
+    text = value.strip().lower()
+    if text in ("off", "none", "0"):
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            seconds = parse_duration(text)
+        except ConfigError:
+            seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise click.BadParameter(
+            f"{value!r} is not a time limit; pass e.g. 60s, 5m or off.", param_hint="--query-timeout"
+        )
+    return seconds
 
 
 def _workers(value: str) -> int:

@@ -19,7 +19,8 @@ from trace_ptune.errors import CollectorError, QueryError
 class CollectorClient:
     """Talks to ``POST /v1/query`` (and the admin endpoints) of a collector."""
 
-    def __init__(self, url: str, token: str | None = None, *, timeout: float = 60.0) -> None:
+    # Above the collector's default --query-timeout (60 s), so a slow query ends with its message.
+    def __init__(self, url: str, token: str | None = None, *, timeout: float = 120.0) -> None:
         if not url.startswith(("http://", "https://")):
             raise CollectorError(
                 f"the collector URL {url!r} is not an http(s) URL; pass one like http://127.0.0.1:4318"

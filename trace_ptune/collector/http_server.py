@@ -71,8 +71,10 @@ class CollectorHTTPServer(ThreadingHTTPServer):
         token: str | None,
         max_body: int,
         metrics_text: Any,
+        query_timeout: float | None = reads.DEFAULT_TIMEOUT_S,
     ) -> None:
         self.store, self.ingestor, self.token = store, ingestor, token
+        self.query_timeout = query_timeout
         self.max_body = max_body
         self.metrics_text = metrics_text
         self.accepting = True
@@ -261,11 +263,12 @@ class _Handler(BaseHTTPRequestHandler):
             raise HttpError(400, 'send {"sql": "<one SELECT>", "params": [...]}')
         want_arrow = ARROW in (self.headers.get("Accept") or "")
         try:
+            interrupt = reads.Interrupt(self.server.query_timeout)
             with self.server.store.cursor() as cur:
                 if want_arrow:
-                    self._send_arrow(reads.execute_arrow(cur, sql, params))
+                    self._send_arrow(reads.execute_arrow(cur, sql, params, interrupt))
                     return
-                res = reads.execute(cur, sql, params)
+                res = reads.execute(cur, sql, params, interrupt)
         except QueryError as exc:
             raise HttpError(400, str(exc)) from None
         body = {

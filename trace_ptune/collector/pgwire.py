@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import socketserver
 import struct
 import threading
@@ -93,6 +94,14 @@ _SETTINGS = {
     "is_superuser": "off",
 }
 
+# SET/RESET statement_timeout are honoured per session (below the collector's --query-timeout).
+_STATEMENT_TIMEOUT = re.compile(
+    r"^\s*(?:set\s+(?:session\s+)?statement_timeout\s*(?:=|\s+to\s+)\s*(?P<value>[^;]+?)"
+    r"|reset\s+statement_timeout)\s*;?\s*$",
+    re.IGNORECASE,
+)
+_TIMEOUT_VALUE = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|min|h|d)?$", re.IGNORECASE)
+_TIMEOUT_UNIT_MS = {"ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000, "d": 86_400_000}
 _NOOP = re.compile(r"^\s*(set|reset|discard|deallocate|listen|unlisten)\b", re.IGNORECASE)
 _BEGIN = re.compile(r"^\s*(begin|start\s+transaction)\b", re.IGNORECASE)
 _COMMIT = re.compile(r"^\s*(commit|end)\b", re.IGNORECASE)
@@ -346,7 +355,21 @@ class _Session:
     skip_to_sync: bool = False
 
 
-def _classify(sql: str) -> _Prepared:
+def _timeout_ms(value: str) -> float | None:
+    """A ``statement_timeout`` value (milliseconds, or with a unit) -> ms; None for DEFAULT."""
+    text = value.strip().strip("'").strip()
+    if text.lower() == "default":
+        return None
+    m = _TIMEOUT_VALUE.match(text)
+    if not m:
+        raise PgError(
+            "22023",
+            f'invalid value for parameter "statement_timeout": "{text}"; use milliseconds or e.g. \'5s\'',
+        )
+    return float(m.group(1)) * _TIMEOUT_UNIT_MS[(m.group(2) or "ms").lower()]
+
+
+def _classify(sql: str, settings: dict[str, str] | None = None) -> _Prepared:
     stripped = sql.strip().rstrip(";").strip()
     if not stripped or not stripped.strip(";").strip():
         return _Prepared(sql, [], "empty")
@@ -359,8 +382,9 @@ def _classify(sql: str) -> _Prepared:
     m = _SHOW.match(stripped)
     if m:
         name = m.group(1).strip('"').lower()
-        if name in _SETTINGS or name == "all":
-            rows = [(name, _SETTINGS[name])] if name != "all" else sorted(_SETTINGS.items())
+        known = {**_SETTINGS, **(settings or {})}
+        if name in known or name == "all":
+            rows = [(name, known[name])] if name != "all" else sorted(known.items())
             if name != "all":
                 return _Prepared(sql, [], "show", result=([(name, 25, -1)], [(rows[0][1],)]))
             return _Prepared(sql, [], "show", result=([("name", 25, -1), ("setting", 25, -1)], rows))
@@ -415,6 +439,9 @@ class _Handler(socketserver.StreamRequestHandler):
     def handle(self) -> None:
         self._out: list[bytes] = []
         self.session = _Session()
+        self.interrupt = reads.Interrupt(self.server.query_timeout)
+        self._cancel_key: int | None = None
+        self._statement_timeout_ms: float | None = None
         try:
             if not self._startup():
                 return
@@ -433,6 +460,9 @@ class _Handler(socketserver.StreamRequestHandler):
                 self._dispatch(kind, body)
         except (ConnectionError, OSError, struct.error):
             return
+        finally:
+            if self._cancel_key is not None:
+                self.server.unregister(self._cancel_key)
 
     def _startup(self) -> bool:
         while True:
@@ -446,6 +476,8 @@ class _Handler(socketserver.StreamRequestHandler):
                 self.wfile.flush()
                 continue
             if code == _CANCEL_REQUEST:
+                if len(body) >= 12:  # the process id and secret key from BackendKeyData
+                    self.server.cancel(*struct.unpack(">ii", body[4:12]))
                 return False
             if code != _PROTOCOL_3:
                 self._error(
@@ -490,7 +522,8 @@ class _Handler(socketserver.StreamRequestHandler):
                 key, key
             )
             self._send(b"S", name.encode() + b"\0" + status[key].encode() + b"\0")
-        self._send(b"K", struct.pack(">ii", os.getpid() & 0x7FFFFFFF, threading.get_ident() & 0x7FFFFFFF))
+        self._cancel_key = self.server.register(self.interrupt)
+        self._send(b"K", struct.pack(">ii", self.server.pid, self._cancel_key))
         self._ready()
         return True
 
@@ -535,6 +568,23 @@ class _Handler(socketserver.StreamRequestHandler):
         if self.session.status == b"T":
             self.session.status = b"E"
 
+    def _settings(self) -> dict[str, str]:
+        ms = self._statement_timeout_ms
+        return {
+            "statement_timeout": "0" if not ms else (f"{ms / 1000:g}s" if ms % 1000 == 0 else f"{ms:g}ms")
+        }
+
+    def _apply(self, stmt: _Prepared) -> None:
+        """A SET answered without DuckDB: ``statement_timeout`` takes effect, the rest is ignored."""
+        m = _STATEMENT_TIMEOUT.match(stmt.sql)
+        if m:
+            value = m.group("value")
+            ms = _timeout_ms(value) if value is not None else None
+            self._statement_timeout_ms = ms or None
+            limits = [t for t in (self.server.query_timeout, (ms or 0) / 1000) if t]
+            self.interrupt.timeout = min(limits) if limits else None
+        self._complete_tag(stmt.tag)
+
     def _complete_tag(self, tag: str) -> None:
         """CommandComplete for a statement answered without DuckDB; BEGIN/COMMIT move the status."""
         if tag == "BEGIN":
@@ -553,12 +603,12 @@ class _Handler(socketserver.StreamRequestHandler):
             return
         for text in statements:
             try:
-                stmt = _classify(text)
+                stmt = _classify(text, self._settings())
                 if stmt.kind == "empty":
                     self._send(b"I")
                     continue
                 if stmt.kind == "tag":
-                    self._complete_tag(stmt.tag)
+                    self._apply(stmt)
                     continue
                 portal = _Portal(stmt, [], [0])
                 self._run(portal)
@@ -573,7 +623,7 @@ class _Handler(socketserver.StreamRequestHandler):
         query, rest = rest.split(b"\0", 1)
         (n,) = struct.unpack(">h", rest[:2])
         oids = list(struct.unpack(f">{n}i", rest[2 : 2 + 4 * n])) if n else []
-        stmt = _classify(query.decode("utf-8", "replace"))
+        stmt = _classify(query.decode("utf-8", "replace"), self._settings())
         stmt.param_oids = oids
         if stmt.kind == "select":
             count = _param_count(stmt.sql)
@@ -646,7 +696,7 @@ class _Handler(socketserver.StreamRequestHandler):
             self._send(b"I")
             return
         if stmt.kind == "tag":
-            self._complete_tag(stmt.tag)
+            self._apply(stmt)
             return
         self._run(portal)
         self._data_rows(portal, max_rows)
@@ -657,8 +707,10 @@ class _Handler(socketserver.StreamRequestHandler):
         wrapped = f"SELECT * FROM ({stmt.sql.rstrip().rstrip(';')}) AS __ptune_describe LIMIT 0"
         n = len(stmt.param_oids)
         try:
-            with self.server.store.cursor() as cur:
+            with self.server.store.cursor() as cur, self.interrupt.running(cur):
                 desc = cur.execute(wrapped, [None] * n if n else None).description or []
+        except duckdb.InterruptException:
+            raise PgError("57014", str(self.interrupt.error())) from None
         except duckdb.Error as exc:
             raise PgError(_sqlstate(exc), reads._first_line(exc)) from None
         return [(d[0], *_type_of(str(d[1]))) for d in desc]
@@ -672,7 +724,7 @@ class _Handler(socketserver.StreamRequestHandler):
             return
         try:
             with self.server.store.cursor() as cur:
-                res = reads.execute(cur, stmt.sql, portal.params)
+                res = reads.execute(cur, stmt.sql, portal.params, self.interrupt)
         except QueryError as exc:
             kind = getattr(exc, "duckdb_error", None)
             raise PgError(_SQLSTATES.get(kind, "XX000") if kind else "42501", str(exc)) from None
@@ -730,10 +782,40 @@ class PgServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], store: Store, *, password: str | None = None) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        store: Store,
+        *,
+        password: str | None = None,
+        query_timeout: float | None = reads.DEFAULT_TIMEOUT_S,
+    ) -> None:
         self.store = store
         self.password = password
+        self.query_timeout = query_timeout
+        self.pid = os.getpid() & 0x7FFFFFFF
+        self._sessions: dict[int, reads.Interrupt] = {}
+        self._sessions_lock = threading.Lock()
         super().__init__(address, _Handler)
+
+    def register(self, interrupt: reads.Interrupt) -> int:
+        """A session's secret cancel key (BackendKeyData): random, so only its client knows it."""
+        with self._sessions_lock:
+            key = secrets.randbits(31)
+            while key in self._sessions:
+                key = secrets.randbits(31)
+            self._sessions[key] = interrupt
+            return key
+
+    def unregister(self, key: int) -> None:
+        with self._sessions_lock:
+            self._sessions.pop(key, None)
+
+    def cancel(self, pid: int, key: int) -> bool:
+        """A CancelRequest: stop that session's running query; a wrong pid or key does nothing."""
+        with self._sessions_lock:
+            interrupt = self._sessions.get(key) if pid == self.pid else None
+        return interrupt is not None and interrupt.cancel()
 
     def serve_in_thread(self) -> threading.Thread:
         thread = threading.Thread(target=self.serve_forever, name="trace-ptune-pgwire", daemon=True)

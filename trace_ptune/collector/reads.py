@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import decimal
 import math
+import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +20,64 @@ from trace_ptune.errors import QueryError
 
 # Rows one query may return through the API (protects the collector's memory).
 MAX_ROWS = 1_000_000
+# How long one query may run by default (``--query-timeout``): a runaway query would hold a CPU
+# core beside the writer and keep compaction (which waits for readers) from ever starting.
+DEFAULT_TIMEOUT_S = 60.0
+
+
+class Interrupt:
+    """Stops the query running on a cursor: after ``timeout`` seconds, or when :meth:`cancel`
+    is called from another thread (a Postgres CancelRequest). ``None`` or 0: no time limit."""
+
+    def __init__(self, timeout: float | None = None) -> None:
+        self.timeout = timeout or None
+        self._lock = threading.Lock()
+        self._cursor: duckdb.DuckDBPyConnection | None = None
+        self._reason: str | None = None
+
+    @contextlib.contextmanager
+    def running(self, cursor: duckdb.DuckDBPyConnection) -> Iterator[None]:
+        with self._lock:
+            self._cursor, self._reason = cursor, None
+        timer = None
+        if self.timeout:
+            timer = threading.Timer(min(self.timeout, threading.TIMEOUT_MAX), self._stop, ("timeout",))
+            timer.daemon = True
+            timer.start()
+        try:
+            yield
+        finally:
+            if timer is not None:
+                timer.cancel()
+            with self._lock:
+                self._cursor = None
+
+    def cancel(self) -> bool:
+        """Stop the running query, if any; True when one was running."""
+        return self._stop("cancel")
+
+    def _stop(self, reason: str) -> bool:
+        with self._lock:
+            if self._cursor is None:
+                return False
+            self._reason = reason
+            self._cursor.interrupt()
+            return True
+
+    def error(self) -> QueryError:
+        if self._reason == "timeout":
+            err = QueryError(
+                f"canceling statement due to statement timeout after {self.timeout:g} s; narrow the query "
+                "with a time range, a LIMIT or an aggregate, or raise the collector's --query-timeout"
+            )
+        elif self._reason == "cancel":
+            err = QueryError("canceling statement due to user request")
+        else:  # interrupted from outside: the collector is stopping
+            err = QueryError(
+                "canceling statement: the collector is shutting down; run the query again once it is back"
+            )
+        err.duckdb_error = "InterruptException"  # type: ignore[attr-defined]  # SQLSTATE 57014
+        return err
 
 
 @dataclass
@@ -26,13 +87,22 @@ class Result:
     rows: list[tuple]
 
 
-def execute(cursor: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> Result:
+def execute(
+    cursor: duckdb.DuckDBPyConnection,
+    sql: str,
+    params: list[Any] | None = None,
+    interrupt: Interrupt | None = None,
+) -> Result:
     """Check ``sql`` with the read-only guard, run it on ``cursor`` and fetch the rows."""
     stmt = check_read_only(sql)
+    interrupt = interrupt or Interrupt()
     try:
-        cur = cursor.execute(stmt, params or None)
-        description = cur.description or []
-        rows = cur.fetchmany(MAX_ROWS + 1)
+        with interrupt.running(cursor):
+            cur = cursor.execute(stmt, params or None)
+            description = cur.description or []
+            rows = cur.fetchmany(MAX_ROWS + 1)
+    except duckdb.InterruptException:
+        raise interrupt.error() from None
     except duckdb.Error as exc:
         raise _query_error(exc) from None
     if len(rows) > MAX_ROWS:
@@ -40,11 +110,20 @@ def execute(cursor: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | Non
     return Result([d[0] for d in description], [str(d[1]) for d in description], rows)
 
 
-def execute_arrow(cursor: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> Any:
+def execute_arrow(
+    cursor: duckdb.DuckDBPyConnection,
+    sql: str,
+    params: list[Any] | None = None,
+    interrupt: Interrupt | None = None,
+) -> Any:
     """Like :func:`execute` but returns a ``pyarrow.Table``."""
     stmt = check_read_only(sql)
+    interrupt = interrupt or Interrupt()
     try:
-        return cursor.sql(stmt, params=params or None).to_arrow_table()
+        with interrupt.running(cursor):
+            return cursor.sql(stmt, params=params or None).to_arrow_table()
+    except duckdb.InterruptException:
+        raise interrupt.error() from None
     except duckdb.Error as exc:
         raise _query_error(exc) from None
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from trace_ptune import paths
-from trace_ptune.collector import otlp
+from trace_ptune.collector import otlp, reads
 from trace_ptune.collector.http_server import CollectorHTTPServer, serve_in_thread
 from trace_ptune.collector.ingest import Ingestor
 from trace_ptune.collector.store import Store
@@ -78,6 +78,7 @@ class CollectorConfig:
     max_queue_rows: int = 200_000
     workers: int = 0
     db_threads: int = 1  # DuckDB worker threads; 0: DuckDB's default (one per core)
+    query_timeout: float | None = reads.DEFAULT_TIMEOUT_S  # seconds per query; None or 0: no limit
     quiet: bool = False
 
     def __post_init__(self) -> None:
@@ -97,6 +98,10 @@ class CollectorConfig:
             )
         if self.db_threads < 0:
             raise ConfigError(f"db_threads must be 0 (one per core) or more, not {self.db_threads}")
+        if self.query_timeout is not None and not self.query_timeout >= 0:
+            raise ConfigError(
+                f"--query-timeout must be a positive duration or off, not {self.query_timeout!r}; e.g. 60s"
+            )
         if self.workers < 0:
             raise ConfigError(f"workers must be 0 or more, not {self.workers}")
 
@@ -146,6 +151,7 @@ class Collector:
                         token=cfg.token,
                         max_body=cfg.max_body_bytes,
                         metrics_text=self.metrics_text,
+                        query_timeout=cfg.query_timeout,
                     )
                 except OSError as exc:
                     raise _bind_error("HTTP", cfg.http, "--http", exc) from None
@@ -168,7 +174,9 @@ class Collector:
 
                 host, port = pg_addr
                 try:
-                    self._pg = PgServer((host, port), self.store, password=cfg.pg_password)
+                    self._pg = PgServer(
+                        (host, port), self.store, password=cfg.pg_password, query_timeout=cfg.query_timeout
+                    )
                 except OSError as exc:
                     raise _bind_error("Postgres", cfg.pg, "--pg", exc) from None
                 self._pg.serve_in_thread()

@@ -234,6 +234,8 @@ class Store:
         self.cpu_gate = threading.Lock()
         self._qlock = threading.Lock()
         self._gate = _ReadGate()
+        self._reading: set[duckdb.DuckDBPyConnection] = set()
+        self._reading_lock = threading.Lock()
         self._pending: dict[str, float] = {}  # scored SpanId -> expiry (monotonic)
         self._adapters: dict[str, list] = {}  # what the adapters table holds, to skip no-op upserts
         self._load_pending()
@@ -305,10 +307,23 @@ class Store:
         """A fresh cursor for one read request (DuckDB refuses new work on a busy connection)."""
         with self._gate.read():
             cur = self._con.cursor()
+            with self._reading_lock:
+                self._reading.add(cur)
             try:
                 yield cur
             finally:
+                with self._reading_lock:
+                    self._reading.discard(cur)
                 cur.close()
+
+    def interrupt_reads(self) -> int:
+        """Stop every query running on a read cursor (shutdown); returns how many were open."""
+        with self._reading_lock:
+            cursors = list(self._reading)
+        for cur in cursors:
+            with contextlib.suppress(duckdb.Error):
+                cur.interrupt()
+        return len(cursors)
 
     def db_size(self) -> int:
         size = 0
@@ -326,6 +341,8 @@ class Store:
         self._closed = True
         self._queue.put(_STOP)
         self._thread.join(timeout)
+        if self.interrupt_reads():  # a long query must not hold the checkpoint and the exit
+            log.info("stopped the queries still running")
         with self._gate.exclusive():
             try:
                 self._con.execute("CHECKPOINT")
