@@ -8,6 +8,7 @@ import socket
 import struct
 import subprocess
 import threading
+import urllib.request
 
 import psycopg
 import pytest
@@ -258,6 +259,11 @@ def test_a_query_past_the_time_limit_is_stopped_and_the_collector_keeps_answerin
         assert conn.execute("SELECT 1").fetchone() == (1,)
     assert post_pb(c.urls["http"] + "/v1/traces", span_request([{"attrs": generation_attrs()}])) == 200
     assert client.query("SELECT count(*) FROM spans")[1] == [[1]]
+    metrics = urllib.request.urlopen(c.urls["http"] + "/metrics", timeout=10).read().decode()
+    assert 'trace_ptune_collector_queries_total{endpoint="http"} 3' in metrics
+    assert 'trace_ptune_collector_queries_total{endpoint="pg"} 2' in metrics
+    assert 'trace_ptune_collector_queries_stopped_total{reason="timeout"} 3' in metrics
+    assert 'trace_ptune_collector_queries_stopped_total{reason="cancel"} 0' in metrics
 
 
 def test_cancel_request_and_statement_timeout_stop_a_postgres_query(make_collector):

@@ -21,6 +21,7 @@ import hmac
 import json
 import logging
 import threading
+import time
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -262,15 +263,21 @@ class _Handler(BaseHTTPRequestHandler):
         if not isinstance(sql, str) or not isinstance(params, list):
             raise HttpError(400, 'send {"sql": "<one SELECT>", "params": [...]}')
         want_arrow = ARROW in (self.headers.get("Accept") or "")
+        interrupt = reads.Interrupt(self.server.query_timeout)
+        t0 = time.perf_counter()
         try:
-            interrupt = reads.Interrupt(self.server.query_timeout)
             with self.server.store.cursor() as cur:
                 if want_arrow:
-                    self._send_arrow(reads.execute_arrow(cur, sql, params, interrupt))
-                    return
-                res = reads.execute(cur, sql, params, interrupt)
+                    table = reads.execute_arrow(cur, sql, params, interrupt)
+                else:
+                    res = reads.execute(cur, sql, params, interrupt)
         except QueryError as exc:
             raise HttpError(400, str(exc)) from None
+        finally:
+            self.server.store.stats.count_query("http", time.perf_counter() - t0, interrupt.stopped)
+        if want_arrow:
+            self._send_arrow(table)
+            return
         body = {
             "columns": res.columns,
             "types": res.types,

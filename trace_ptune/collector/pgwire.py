@@ -24,6 +24,7 @@ import secrets
 import socketserver
 import struct
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -722,12 +723,15 @@ class _Handler(socketserver.StreamRequestHandler):
         if stmt.kind == "show" and stmt.result:
             portal.columns, portal.rows = stmt.result
             return
+        t0 = time.perf_counter()
         try:
             with self.server.store.cursor() as cur:
                 res = reads.execute(cur, stmt.sql, portal.params, self.interrupt)
         except QueryError as exc:
             kind = getattr(exc, "duckdb_error", None)
             raise PgError(_SQLSTATES.get(kind, "XX000") if kind else "42501", str(exc)) from None
+        finally:
+            self.server.store.stats.count_query("pg", time.perf_counter() - t0, self.interrupt.stopped)
         portal.columns = [(c, *_type_of(t)) for c, t in zip(res.columns, res.types, strict=True)]
         portal.rows = res.rows
 

@@ -34,11 +34,12 @@ class Interrupt:
         self._lock = threading.Lock()
         self._cursor: duckdb.DuckDBPyConnection | None = None
         self._reason: str | None = None
+        self.stopped: str | None = None  # why the last query was stopped: timeout, cancel, shutdown
 
     @contextlib.contextmanager
     def running(self, cursor: duckdb.DuckDBPyConnection) -> Iterator[None]:
         with self._lock:
-            self._cursor, self._reason = cursor, None
+            self._cursor, self._reason, self.stopped = cursor, None, None
         timer = None
         if self.timeout:
             timer = threading.Timer(min(self.timeout, threading.TIMEOUT_MAX), self._stop, ("timeout",))
@@ -65,6 +66,8 @@ class Interrupt:
             return True
 
     def error(self) -> QueryError:
+        """The error for a query that DuckDB reported as interrupted (and why, in ``stopped``)."""
+        self.stopped = self._reason or "shutdown"
         if self._reason == "timeout":
             err = QueryError(
                 f"canceling statement due to statement timeout after {self.timeout:g} s; narrow the query "

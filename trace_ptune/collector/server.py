@@ -324,6 +324,18 @@ class Collector:
             "# HELP trace_ptune_collector_worker_restarts_total Conversion workers replaced after they died.",
             "# TYPE trace_ptune_collector_worker_restarts_total counter",
             f"trace_ptune_collector_worker_restarts_total {self.ingestor.worker_restarts if self.ingestor else 0}",
+            "# HELP trace_ptune_collector_queries_total User queries answered or refused, by endpoint.",
+            "# TYPE trace_ptune_collector_queries_total counter",
+            *(f'trace_ptune_collector_queries_total{{endpoint="{k}"}} {v}' for k, v in st.queries.items()),
+            "# HELP trace_ptune_collector_queries_stopped_total User queries stopped, by reason.",
+            "# TYPE trace_ptune_collector_queries_stopped_total counter",
+            *(
+                f'trace_ptune_collector_queries_stopped_total{{reason="{k}"}} {v}'
+                for k, v in st.queries_stopped.items()
+            ),
+            "# HELP trace_ptune_collector_query_seconds_total Time spent running user queries.",
+            "# TYPE trace_ptune_collector_query_seconds_total counter",
+            f"trace_ptune_collector_query_seconds_total {st.query_seconds_sum:.6f}",
             "# HELP trace_ptune_collector_db_bytes Size of the database file and its WAL.",
             "# TYPE trace_ptune_collector_db_bytes gauge",
             f"trace_ptune_collector_db_bytes {store.db_size()}",

@@ -66,6 +66,16 @@ class Stats:
     last_commit_rows: int = 0
     evaluations: int = 0
     write_errors: int = 0
+    queries: dict[str, int] = field(default_factory=lambda: {"http": 0, "pg": 0})
+    queries_stopped: dict[str, int] = field(default_factory=lambda: {"timeout": 0, "cancel": 0})
+    query_seconds_sum: float = 0.0
+
+    def count_query(self, endpoint: str, seconds: float, stopped: str | None = None) -> None:
+        """One user query answered (or stopped: ``timeout``, ``cancel``, ``shutdown``)."""
+        self.queries[endpoint] = self.queries.get(endpoint, 0) + 1
+        self.query_seconds_sum += seconds
+        if stopped:
+            self.queries_stopped[stopped] = self.queries_stopped.get(stopped, 0) + 1
 
 
 class Ticket:
