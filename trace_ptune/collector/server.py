@@ -241,17 +241,22 @@ class Collector:
         call, so SIGTERM and SIGINT are ignored after the drain and a late one cannot turn the
         clean exit into a kill; otherwise the previous handlers come back.
         """
-        stop = threading.Event()
-        repeated: list[int] = []
+        # The handler takes no lock: a signal can arrive while the main thread is inside the
+        # handler (repeated signals) or inside any lock-holding call, and a threading.Event's
+        # lock taken there again deadlocks. It counts and writes a byte to a pipe instead.
+        signals: list[int] = []
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_w, False)
 
         def handler(signum: int, frame: Any) -> None:
-            if stop.is_set() and not repeated:
-                repeated.append(signum)
+            signals.append(signum)
+            if len(signals) == 2:
                 log.warning(
                     "%s while draining: the collector exits once the queue is stored",
                     signal.Signals(signum).name,
                 )
-            stop.set()
+            with contextlib.suppress(OSError):  # a full pipe: the main thread is awake already
+                os.write(wake_w, b"\0")
 
         previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
         drained = False
@@ -260,17 +265,19 @@ class Collector:
                 self.start()
             if on_start is not None:
                 on_start(self)
-            while not stop.wait(0.5):
-                pass
+            while not signals:
+                os.read(wake_r, 1)  # retried after each signal's handler (PEP 475)
         finally:
             try:
                 self.stop()
-                drained = stop.is_set()
+                drained = bool(signals)
             finally:
                 for s, h in previous.items():
                     # ignored rather than left to Python's handler, which interpreter shutdown
                     # resets to the default (terminate); a failed start puts them back
                     signal.signal(s, signal.SIG_IGN if exiting and drained else h)
+                os.close(wake_r)
+                os.close(wake_w)
 
     def __enter__(self) -> Collector:
         return self.start() if self.store is None else self
