@@ -367,9 +367,23 @@ def bench_collector(tmp: Path, batches: int, workers: int, mode: str, walk: str 
 
     client = CollectorClient(url)
     before = client.query("SELECT count(*) FROM spans")[1][0][0]
+    stop, queries = threading.Event(), [0]
+
+    def query_loop() -> None:  # --query-clients: a dashboard refreshing while spans arrive
+        reader = CollectorClient(url)
+        while not stop.is_set():
+            reader.query(QUERY_LOAD_SQL)
+            queries[0] += 1
+
+    readers = [threading.Thread(target=query_loop, daemon=True) for _ in range(QUERY_CLIENTS)]
+    for t in readers:
+        t.start()
     cpu0 = cpu_seconds(proc.pid)
     res = run_sender(target, batches, mode)
     cpu1 = cpu_seconds(proc.pid)
+    stop.set()
+    for t in readers:
+        t.join()
     stored = client.query("SELECT count(*) FROM spans")[1][0][0] - before
     total = client.query("SELECT count(*) FROM spans")[1][0][0]
     proc.terminate()
@@ -386,6 +400,7 @@ def bench_collector(tmp: Path, batches: int, workers: int, mode: str, walk: str 
         "server_cpu_ms_per_1k": round(1000 * (cpu1 - cpu0) / n * 1000, 1),
         "bytes_per_span": round(size / total, 1),
         "retries": res["retries"],
+        **({"query_clients": QUERY_CLIENTS, "queries": queries[0]} if QUERY_CLIENTS else {}),
     }
 
 
@@ -528,6 +543,9 @@ def bench_query(tmp: Path, n: int) -> dict:
 
 DISTINCT = 0
 SPANS_PER_TRACE = 1
+QUERY_CLIENTS = 0
+# ~0.2 s of one core: a per-key aggregate over 3M rows, like a dashboard panel on a busy day
+QUERY_LOAD_SQL = "SELECT count(DISTINCT i % 1000003) FROM range(3000000) t(i)"
 
 
 def main() -> None:
@@ -569,9 +587,16 @@ def main() -> None:
         action="store_true",
         help="with --bytes-batches: also print each column's bytes per span, largest first",
     )
+    ap.add_argument(
+        "--query-clients",
+        type=int,
+        default=0,
+        help="clients looping a query on the collector while the sender runs (the anchor has no query API)",
+    )
     args = ap.parse_args()
-    global DISTINCT, SPANS_PER_TRACE, UUID_IDS
+    global DISTINCT, SPANS_PER_TRACE, UUID_IDS, QUERY_CLIENTS
     DISTINCT, SPANS_PER_TRACE, UUID_IDS = args.distinct, args.spans_per_trace, args.uuid_response_ids
+    QUERY_CLIENTS = args.query_clients
     if args.sender:
         return sender_main(args)
     if args.grpc_sender:

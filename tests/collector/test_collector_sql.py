@@ -7,6 +7,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import urllib.request
 
@@ -303,3 +304,14 @@ def test_stopping_the_collector_stops_a_running_query(make_collector):
         assert not stopper.is_alive()
         thread.join(60)
         assert not thread.is_alive() and errors and isinstance(errors[0], psycopg.Error)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priority is a Linux feature")
+def test_queries_run_below_ingestion_priority(collector):
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    on_query_thread = collector.store.read(
+        lambda cur: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    )
+    assert on_query_thread >= max(own, 10)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own  # the caller is untouched
+    assert os.getpriority(os.PRIO_PROCESS, os.getpid()) == own  # and so is the main thread

@@ -266,18 +266,16 @@ class _Handler(BaseHTTPRequestHandler):
         interrupt = reads.Interrupt(self.server.query_timeout)
         t0 = time.perf_counter()
         try:
-            with self.server.store.cursor() as cur:
-                if want_arrow:
-                    table = reads.execute_arrow(cur, sql, params, interrupt)
-                else:
-                    res = reads.execute(cur, sql, params, interrupt)
+            run = reads.execute_arrow if want_arrow else reads.execute
+            result = self.server.store.read(lambda cur: run(cur, sql, params, interrupt))
         except QueryError as exc:
             raise HttpError(400, str(exc)) from None
         finally:
             self.server.store.stats.count_query("http", time.perf_counter() - t0, interrupt.stopped)
         if want_arrow:
-            self._send_arrow(table)
+            self._send_arrow(result)
             return
+        res = result
         body = {
             "columns": res.columns,
             "types": res.types,
@@ -298,8 +296,7 @@ class _Handler(BaseHTTPRequestHandler):
         directory = data.get("dir")
         if not isinstance(directory, str) or not directory:
             raise HttpError(400, 'send {"dir": "<directory on the collector host>"}')
-        with self.server.store.cursor() as cur:
-            counts = export_parquet(cur, directory)
+        counts = self.server.store.read(lambda cur: export_parquet(cur, directory))
         self._send(200, json.dumps({"dir": directory, "rows": counts}).encode(), JSON)
 
 

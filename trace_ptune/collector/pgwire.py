@@ -708,8 +708,12 @@ class _Handler(socketserver.StreamRequestHandler):
         wrapped = f"SELECT * FROM ({stmt.sql.rstrip().rstrip(';')}) AS __ptune_describe LIMIT 0"
         n = len(stmt.param_oids)
         try:
-            with self.server.store.cursor() as cur, self.interrupt.running(cur):
-                desc = cur.execute(wrapped, [None] * n if n else None).description or []
+
+            def describe(cur: duckdb.DuckDBPyConnection) -> list:
+                with self.interrupt.running(cur):
+                    return cur.execute(wrapped, [None] * n if n else None).description or []
+
+            desc = self.server.store.read(describe)
         except duckdb.InterruptException:
             raise PgError("57014", str(self.interrupt.error())) from None
         except duckdb.Error as exc:
@@ -725,8 +729,9 @@ class _Handler(socketserver.StreamRequestHandler):
             return
         t0 = time.perf_counter()
         try:
-            with self.server.store.cursor() as cur:
-                res = reads.execute(cur, stmt.sql, portal.params, self.interrupt)
+            res = self.server.store.read(
+                lambda cur: reads.execute(cur, stmt.sql, portal.params, self.interrupt)
+            )
         except QueryError as exc:
             kind = getattr(exc, "duckdb_error", None)
             raise PgError(_SQLSTATES.get(kind, "XX000") if kind else "42501", str(exc)) from None
