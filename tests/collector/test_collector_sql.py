@@ -240,6 +240,18 @@ def _cancel_request(c, pid: int, key: int) -> None:
         assert sock.recv(1) == b""  # the server answers a CancelRequest by closing
 
 
+def _cancel_until_stopped(conn: psycopg.Connection, cancel) -> BaseException:
+    """Run LONG on ``conn`` in a thread, calling ``cancel()`` every 0.1 s until it ends; its error."""
+    thread, errors = _in_thread(conn, LONG)
+    for _ in range(600):  # a hang guard, not a timing check
+        cancel()
+        thread.join(0.1)
+        if not thread.is_alive():
+            break
+    assert errors and isinstance(errors[0], psycopg.errors.QueryCanceled), errors
+    return errors[0]
+
+
 def test_a_query_past_the_time_limit_is_stopped_and_the_collector_keeps_answering(make_collector):
     c = make_collector(pg="127.0.0.1:0", query_timeout=1.0)
     client = CollectorClient(c.urls["http"])
@@ -249,14 +261,8 @@ def test_a_query_past_the_time_limit_is_stopped_and_the_collector_keeps_answerin
         client.query_arrow(LONG)
     with psycopg.connect(_dsn(c), autocommit=True) as conn:
         # a CancelRequest with the wrong secret key stops nothing: the limit does
-        thread, errors = _in_thread(conn, LONG)
-        for _ in range(600):  # a hang guard, not a timing check
-            _cancel_request(c, conn.info.backend_pid, 12345)
-            thread.join(0.1)
-            if not thread.is_alive():
-                break
-        assert errors and isinstance(errors[0], psycopg.errors.QueryCanceled), errors
-        assert "statement timeout" in str(errors[0])
+        error = _cancel_until_stopped(conn, lambda: _cancel_request(c, conn.info.backend_pid, 12345))
+        assert "statement timeout" in str(error)
         assert conn.execute("SELECT 1").fetchone() == (1,)
     assert post_pb(c.urls["http"] + "/v1/traces", span_request([{"attrs": generation_attrs()}])) == 200
     assert client.query("SELECT count(*) FROM spans")[1] == [[1]]
@@ -271,14 +277,7 @@ def test_cancel_request_and_statement_timeout_stop_a_postgres_query(make_collect
     c = make_collector(pg="127.0.0.1:0", query_timeout=None)  # no collector-wide limit
     with psycopg.connect(_dsn(c), autocommit=True) as conn:
         # psql's Ctrl-C and Grafana's cancelled panels send a CancelRequest on a new connection
-        thread, errors = _in_thread(conn, LONG)
-        for _ in range(600):
-            conn.cancel_safe()
-            thread.join(0.1)
-            if not thread.is_alive():
-                break
-        assert errors and isinstance(errors[0], psycopg.errors.QueryCanceled), errors
-        assert "user request" in str(errors[0])
+        assert "user request" in str(_cancel_until_stopped(conn, conn.cancel_safe))
         assert conn.execute("SELECT 2").fetchone() == (2,)
         # a session's own limit
         assert conn.execute("SHOW statement_timeout").fetchone() == ("0",)

@@ -53,6 +53,17 @@ class Interrupt:
             with self._lock:
                 self._cursor = None
 
+    @contextlib.contextmanager
+    def guard(self, cursor: duckdb.DuckDBPyConnection) -> Iterator[None]:
+        """:meth:`running`, with DuckDB's errors turned into one-sentence ``QueryError``s."""
+        try:
+            with self.running(cursor):
+                yield
+        except duckdb.InterruptException:
+            raise self.error() from None
+        except duckdb.Error as exc:
+            raise _query_error(exc) from None
+
     def cancel(self) -> bool:
         """Stop the running query, if any; True when one was running."""
         return self._stop("cancel")
@@ -98,16 +109,10 @@ def execute(
 ) -> Result:
     """Check ``sql`` with the read-only guard, run it on ``cursor`` and fetch the rows."""
     stmt = check_read_only(sql)
-    interrupt = interrupt or Interrupt()
-    try:
-        with interrupt.running(cursor):
-            cur = cursor.execute(stmt, params or None)
-            description = cur.description or []
-            rows = cur.fetchmany(MAX_ROWS + 1)
-    except duckdb.InterruptException:
-        raise interrupt.error() from None
-    except duckdb.Error as exc:
-        raise _query_error(exc) from None
+    with (interrupt or Interrupt()).guard(cursor):
+        cur = cursor.execute(stmt, params or None)
+        description = cur.description or []
+        rows = cur.fetchmany(MAX_ROWS + 1)
     if len(rows) > MAX_ROWS:
         raise QueryError(f"the query returns more than {MAX_ROWS} rows; add a LIMIT or aggregate")
     return Result([d[0] for d in description], [str(d[1]) for d in description], rows)
@@ -121,14 +126,8 @@ def execute_arrow(
 ) -> Any:
     """Like :func:`execute` but returns a ``pyarrow.Table``."""
     stmt = check_read_only(sql)
-    interrupt = interrupt or Interrupt()
-    try:
-        with interrupt.running(cursor):
-            return cursor.sql(stmt, params=params or None).to_arrow_table()
-    except duckdb.InterruptException:
-        raise interrupt.error() from None
-    except duckdb.Error as exc:
-        raise _query_error(exc) from None
+    with (interrupt or Interrupt()).guard(cursor):
+        return cursor.sql(stmt, params=params or None).to_arrow_table()
 
 
 def jsonable(value: Any) -> Any:
