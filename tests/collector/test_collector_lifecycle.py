@@ -335,7 +335,7 @@ def test_query_timeout_option_reads_seconds_durations_and_off(tmp_path):
     from trace_ptune.cli.collector import _query_timeout
 
     assert (_query_timeout("90"), _query_timeout("5m"), _query_timeout("1.5s")) == (90.0, 300.0, 1.5)
-    assert _query_timeout("off") is None and _query_timeout("0") is None
+    assert _query_timeout("off") is None and _query_timeout("0") is None and _query_timeout("0s") is None
     db = tmp_path / "q.duckdb"
     for bad in ("soon", "-5", "inf"):
         result = CliRunner().invoke(cli, ["collector", "run", "--db", str(db), "--query-timeout", bad])

@@ -161,7 +161,7 @@ def _query_timeout(value: str) -> float | None:
     from trace_ptune.collector.server import parse_duration
 
     text = value.strip().lower()
-    if text in ("off", "none", "0"):
+    if text in ("off", "none"):
         return None
     try:
         seconds = float(text)
@@ -170,6 +170,8 @@ def _query_timeout(value: str) -> float | None:
             seconds = parse_duration(text)
         except ConfigError:
             seconds = -1.0
+    if seconds == 0:  # "0", "0s": no limit, as PostgreSQL reads statement_timeout = 0
+        return None
     if not 0 < seconds < float("inf"):
         raise click.BadParameter(
             f"{value!r} is not a time limit; pass e.g. 60s, 5m or off.", param_hint="--query-timeout"

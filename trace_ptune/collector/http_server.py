@@ -275,11 +275,10 @@ class _Handler(BaseHTTPRequestHandler):
         if want_arrow:
             self._send_arrow(result)
             return
-        res = result
         body = {
-            "columns": res.columns,
-            "types": res.types,
-            "rows": [[reads.jsonable(v) for v in row] for row in res.rows],
+            "columns": result.columns,
+            "types": result.types,
+            "rows": [[reads.jsonable(v) for v in row] for row in result.rows],
         }
         self._send(200, json.dumps(body, separators=(",", ":")).encode(), JSON)
 

@@ -310,8 +310,11 @@ def _param(raw: bytes | None, oid: int, binary: bool) -> Any:
     return text
 
 
-def _sqlstate(exc: BaseException) -> str:
-    return _SQLSTATES.get(type(exc).__name__, "XX000")
+def _pg_error(exc: QueryError) -> PgError:
+    """A refused or failed query as an ErrorResponse: DuckDB's error class picks the SQLSTATE,
+    and a statement the read-only guard refused is 42501."""
+    kind = getattr(exc, "duckdb_error", None)
+    return PgError(_SQLSTATES.get(kind, "XX000") if kind else "42501", str(exc))
 
 
 _SQLSTATES = {
@@ -707,17 +710,15 @@ class _Handler(socketserver.StreamRequestHandler):
     def _columns_of(self, stmt: _Prepared) -> list[tuple[str, int, int]]:
         wrapped = f"SELECT * FROM ({stmt.sql.rstrip().rstrip(';')}) AS __ptune_describe LIMIT 0"
         n = len(stmt.param_oids)
+
+        def describe(cur: duckdb.DuckDBPyConnection) -> list:
+            with self.interrupt.guard(cur):
+                return cur.execute(wrapped, [None] * n if n else None).description or []
+
         try:
-
-            def describe(cur: duckdb.DuckDBPyConnection) -> list:
-                with self.interrupt.running(cur):
-                    return cur.execute(wrapped, [None] * n if n else None).description or []
-
             desc = self.server.store.read(describe)
-        except duckdb.InterruptException:
-            raise PgError("57014", str(self.interrupt.error())) from None
-        except duckdb.Error as exc:
-            raise PgError(_sqlstate(exc), reads._first_line(exc)) from None
+        except QueryError as exc:
+            raise _pg_error(exc) from None
         return [(d[0], *_type_of(str(d[1]))) for d in desc]
 
     def _run(self, portal: _Portal) -> None:
@@ -733,8 +734,7 @@ class _Handler(socketserver.StreamRequestHandler):
                 lambda cur: reads.execute(cur, stmt.sql, portal.params, self.interrupt)
             )
         except QueryError as exc:
-            kind = getattr(exc, "duckdb_error", None)
-            raise PgError(_SQLSTATES.get(kind, "XX000") if kind else "42501", str(exc)) from None
+            raise _pg_error(exc) from None
         finally:
             self.server.store.stats.count_query("pg", time.perf_counter() - t0, self.interrupt.stopped)
         portal.columns = [(c, *_type_of(t)) for c, t in zip(res.columns, res.types, strict=True)]

@@ -60,6 +60,7 @@ class Interrupt:
             with self.running(cursor):
                 yield
         except duckdb.InterruptException:
+            self.stopped = self._reason or "shutdown"
             raise self.error() from None
         except duckdb.Error as exc:
             raise _query_error(exc) from None
@@ -77,8 +78,7 @@ class Interrupt:
             return True
 
     def error(self) -> QueryError:
-        """The error for a query that DuckDB reported as interrupted (and why, in ``stopped``)."""
-        self.stopped = self._reason or "shutdown"
+        """The error for a query that DuckDB reported as interrupted."""
         if self._reason == "timeout":
             err = QueryError(
                 f"canceling statement due to statement timeout after {self.timeout:g} s; narrow the query "
